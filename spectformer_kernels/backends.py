@@ -1,0 +1,105 @@
+"""Backend registry: which implementations exist, which run here, and what ``auto`` picks.
+
+A backend is a pair of plain functions ``forward(x, weight) -> y`` and
+``backward(grad_y, x, weight) -> (grad_x, grad_weight)`` on a validated channels-last
+``x (B, H, W, C)`` and ``weight (H, W//2+1, C, 2)``, plus two questions: can it run on this
+machine at all (``availability``) and can it take these particular inputs (``supports``).
+Both answer ``None`` for yes, or a sentence saying why not. New kernels plug in by calling
+``register_backend``; the op, the module, the tests and the benchmarks pick them up.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+Reason = Optional[str]
+
+ENV_VAR = "SPECTFORMER_BACKEND"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    backward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple]
+    description: str
+    availability: Callable[[], Reason] = lambda: None
+    supports: Callable[[torch.Tensor, torch.Tensor], Reason] = lambda x, weight: None
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run on this machine or these inputs."""
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    if backend.name == "auto":
+        raise ValueError("'auto' is reserved for automatic selection")
+    _REGISTRY[backend.name] = backend
+
+
+def registered_backends() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        valid = ", ".join(repr(n) for n in ["auto", *_REGISTRY])
+        raise ValueError(f"unknown backend {name!r}; valid backends are {valid}") from None
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run on this machine, ``"auto"`` first."""
+    return ["auto", *(n for n, b in _REGISTRY.items() if b.availability() is None)]
+
+
+def requested_backend(backend: Optional[str]) -> str:
+    """The argument if given, else ``$SPECTFORMER_BACKEND``, else ``"auto"``."""
+    if backend is None:
+        backend = os.environ.get(ENV_VAR, "").strip() or "auto"
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str or None, got {type(backend).__name__}")
+    if backend != "auto":
+        get_backend(backend)  # unknown names fail here, listing the valid ones
+    return backend
+
+
+def _usable(name: str, x: torch.Tensor, weight: torch.Tensor) -> Reason:
+    backend = _REGISTRY.get(name)
+    if backend is None:
+        return "it is not registered"
+    return backend.availability() or backend.supports(x, weight)
+
+
+# What ``auto`` tries, in order, per device type. The first usable one wins.
+# CPU: ``dft`` beats ``reference`` at every benchmarked shape (benchmarks/results).
+# CUDA: the fused kernels first; ``reference`` is the safe fallback.
+AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
+    "cpu": ("dft", "reference"),
+    "cuda": ("cuda", "triton", "reference"),
+}
+
+
+def resolve_backend(backend: Optional[str], x: torch.Tensor, weight: torch.Tensor) -> str:
+    """Concrete backend name for these inputs; raises if an explicit choice cannot run."""
+    name = requested_backend(backend)
+    if name != "auto":
+        reason = _usable(name, x, weight)
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"backend {name!r} cannot run here: {reason}. "
+                f"Available backends: {', '.join(available_backends())}"
+            )
+        return name
+    for candidate in AUTO_PREFERENCE.get(x.device.type, ("dft", "reference")):
+        if _usable(candidate, x, weight) is None:
+            return candidate
+    return "reference"
