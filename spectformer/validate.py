@@ -1,0 +1,159 @@
+"""Evaluate a model: ``python -m spectformer.validate --model NAME --checkpoint PATH --data DATA``.
+
+Reports loss, top-1 and top-5 on the validation split (digits, synthetic, or
+``DATA/val`` of an ImageFolder tree). ``--checkpoint`` takes a ``last.pt``/``best.pt``
+written by ``spectformer.train`` (``--ema`` picks its EMA weights) or any state dict the
+model zoo's ``load_checkpoint`` accepts (official GFNet/SpectFormer layouts included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype_for(mode: str) -> Optional[torch.dtype]:
+    try:
+        return AMP_DTYPES[mode]
+    except KeyError:
+        raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {mode!r}") from None
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype] = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    reduce_sum: Optional[Callable[[list[float]], list[float]]] = None,
+    show_progress: bool = True,
+    desc: str = "validate",
+) -> dict:
+    """Mean cross-entropy (no label smoothing), top-1 and top-5 accuracy in percent.
+
+    ``reduce_sum`` combines the per-process sums across ranks (an all-reduce); each process
+    sees a disjoint shard, so every image counts exactly once.
+    """
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not show_progress,
+                      dynamic_ncols=True):
+        if batch is None:  # every image of this batch was unreadable (already reported)
+            continue
+        images, target = batch
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        target = target.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        logits = logits.float()
+        k = min(5, logits.shape[-1])
+        hits = logits.topk(k, dim=-1).indices.eq(target.unsqueeze(1))
+        totals += torch.stack([
+            F.cross_entropy(logits, target, reduction="sum").double(),
+            hits[:, 0].sum().double(),
+            hits.any(dim=1).sum().double(),
+            torch.tensor(float(target.shape[0]), dtype=torch.float64, device=device),
+        ])
+    model.train(was_training)
+    loss, top1, top5, count = (reduce_sum or list)(totals.tolist())
+    if count == 0:
+        raise RuntimeError("the validation set yielded no readable images")
+    return {"loss": loss / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count,
+            "images": int(count)}
+
+
+def load_weights(model: nn.Module, path: str, use_ema: bool) -> str:
+    """Load ``path`` into ``model``; returns a description of what was loaded."""
+    from .checkpointing import CHECKPOINT_FORMAT, load_state_strict
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--checkpoint {path!r}: no such file")
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
+        if use_ema:
+            if raw.get("ema") is None:
+                raise ValueError(f"--checkpoint {path!r} holds no EMA weights (trained without --model-ema)")
+            load_state_strict(model, raw["ema"], "the EMA state", path)
+        else:
+            load_state_strict(model, raw["model"], "the model state", path)
+        return f"{'EMA' if use_ema else 'model'} weights after epoch {raw['epoch']}"
+    if use_ema:
+        raise ValueError(f"--ema needs a training checkpoint of spectformer.train; {path!r} is not one")
+    import spectformer
+
+    spectformer.load_checkpoint(model, path)
+    return "state dict"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Evaluate a SpectFormer / GFNet model.")
+    parser.add_argument("--model", required=True, help="registered model name")
+    parser.add_argument("--checkpoint", help="weights to evaluate (default: the random initialisation)")
+    parser.add_argument("--data", required=True, help="'digits', 'synthetic' or an ImageFolder root")
+    parser.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    parser.add_argument("--backend", help="spectral gating backend (default: auto)")
+    parser.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
+    parser.add_argument("--num-classes", type=int, help="classifier size (default: the data's)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="auto",
+                        help="autocast dtype (auto: bf16 on CUDA, none on CPU)")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--crop-pct", type=float, default=0.875,
+                        help="evaluation centre-crop fraction for ImageFolder data")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="seed of --data synthetic")
+    parser.add_argument("--output", help="also write the results to this JSON file")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import spectformer
+
+    from .checkpointing import atomic_write_text
+    from .data import build_datasets, class_count, collate_skip_unreadable, image_spec
+
+    args = build_parser().parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = ("bf16" if device.type == "cuda" else "none") if args.amp == "auto" else args.amp
+    overrides = {}
+    num_classes = args.num_classes or class_count(args.data)
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    if args.img_size is not None:
+        overrides["img_size"] = args.img_size
+    if args.backend is not None:
+        overrides["backend"] = args.backend
+    model = spectformer.create_model(args.model, **overrides)
+    loaded = load_weights(model, args.checkpoint, args.ema) if args.checkpoint else "random initialisation"
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    spec = image_spec(model.default_cfg, args.img_size)
+    datasets = build_datasets(args.data, spec, model.num_classes, args.seed, crop_pct=args.crop_pct)
+    loader = torch.utils.data.DataLoader(
+        datasets.val, batch_size=args.batch_size, shuffle=False,
+        num_workers=0 if datasets.in_memory else args.workers,
+        pin_memory=device.type == "cuda", collate_fn=collate_skip_unreadable,
+    )
+    result = evaluate(model, loader, device, amp_dtype_for(amp), memory_format)
+    result.update(model=args.model, checkpoint=args.checkpoint, weights=loaded, data=args.data, amp=amp)
+    print(f"{args.model} ({loaded}) on {args.data}: loss {result['loss']:.4f}, top-1 "
+          f"{result['top1']:.2f}%, top-5 {result['top5']:.2f}% over {result['images']} images")
+    if args.output:
+        atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
