@@ -79,7 +79,7 @@ class AdaptiveFourierMixing(nn.Module):
         b, h, w, c = grid.shape
         spec = torch.fft.rfft2(grid.float(), dim=(1, 2), norm="ortho")
         re = spec.real.reshape(b, h, w // 2 + 1, self.num_blocks, self.block_size)
-        im = spec.imag.reshape_as(re)
+        im = spec.imag.reshape(re.shape)
         re, im = self._complex_linear(re, im, self.w1, self.b1)
         re, im = self._complex_linear(F.relu(re), F.relu(im), self.w2, self.b2)
         re = F.softshrink(re, self.sparsity_threshold).reshape(b, h, w // 2 + 1, c)
