@@ -65,9 +65,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def capture_rng_state() -> dict[str, Any]:
+    # numpy's key array is stored as a tensor so the whole checkpoint loads with
+    # torch.load(weights_only=True): plain containers and tensors only.
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -77,7 +80,8 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         saved = state["cuda"]
@@ -91,9 +95,7 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"--resume {str(path)!r}: no such file")
     try:
-        # weights_only=False: the checkpoint holds RNG states (numpy arrays, tuples) and the
-        # config; only resume from files you wrote yourself.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/garbage files
         raise CheckpointError(
             f"--resume {str(path)!r} is not a readable checkpoint (truncated or corrupt?): {exc}"

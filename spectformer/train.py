@@ -366,7 +366,7 @@ class Trainer:
             "best_top1": self.best_top1,
             "world_size": self.info.world_size,
             "config": self.cfg.to_dict(),
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "versions": {"torch": str(torch.__version__), "python": platform.python_version()},
         }
 
     def save(self, names: Sequence[str]) -> None:
@@ -559,7 +559,7 @@ class Trainer:
             "epochs_completed": self.epoch,
             "best_val_top1": self.best_top1,
             "weights_sha256_per_rank": fingerprints,
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "versions": {"torch": str(torch.__version__), "python": platform.python_version()},
         }
         atomic_write_text(self.out / "run.json", json.dumps(info, indent=2) + "\n")
         if len(set(fingerprints)) != 1:

@@ -80,7 +80,7 @@ def load_weights(model: nn.Module, path: str, use_ema: bool) -> str:
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"--checkpoint {path!r}: no such file")
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
         if use_ema:
             if raw.get("ema") is None:
