@@ -307,10 +307,16 @@ class Trainer:
         workers = 0 if datasets.in_memory else cfg.workers
         loader_args = dict(num_workers=workers, pin_memory=self.device.type == "cuda",
                            collate_fn=collate_skip_unreadable)
+        # Each loader draws its workers' seeds from its own generator, reseeded per epoch, so
+        # starting an iterator never consumes the global stream that mixup and drop-path use
+        # (a resumed run would otherwise be one draw off).
+        self.train_generator = torch.Generator()
         self.train_loader = DataLoader(datasets.train, batch_size=cfg.batch_size,
-                                       sampler=self.train_sampler, drop_last=True, **loader_args)
-        self.val_loader = DataLoader(datasets.val, batch_size=cfg.batch_size,
-                                     sampler=val_sampler, **loader_args)
+                                       sampler=self.train_sampler, drop_last=True,
+                                       generator=self.train_generator, **loader_args)
+        self.val_loader = DataLoader(datasets.val, batch_size=cfg.batch_size, sampler=val_sampler,
+                                     generator=torch.Generator().manual_seed(cfg.seed),
+                                     **loader_args)
         self.steps_per_epoch = self.train_sampler.per_epoch() // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -416,6 +422,7 @@ class Trainer:
         cfg, info, progress = self.cfg, self.info, self.progress
         self.forward_model.train()
         self.train_sampler.set_epoch(self.epoch, skip=progress.batches_done * cfg.batch_size)
+        self.train_generator.manual_seed((cfg.seed * 1_000_003 + self.epoch) * 4099 + info.rank)
         loss_sum = torch.tensor(progress.loss_sum, dtype=torch.float64, device=self.device)
         images_done = progress.images
         bar = tqdm(total=self.steps_per_epoch, initial=progress.batches_done, unit="step",
