@@ -20,6 +20,8 @@ from .validation import check_spectral_gate_inputs
 @torch.library.custom_op("spectformer::spectral_gate", mutates_args=())
 def spectral_gate_op(x: torch.Tensor, weight: torch.Tensor, backend: str) -> torch.Tensor:
     name = backends.resolve_backend(backend, x, weight)
+    if x.shape[0] == 0:  # an empty batch is valid; some FFT libraries reject it
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
     return backends.get_backend(name).forward(x, weight).contiguous()
 
 
@@ -34,6 +36,8 @@ def spectral_gate_backward_op(
     grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     name = backends.resolve_backend(backend, x, weight)
+    if x.shape[0] == 0:
+        return torch.empty_like(x, memory_format=torch.contiguous_format), torch.zeros_like(weight)
     grad_x, grad_weight = backends.get_backend(name).backward(grad_out, x, weight)
     return grad_x.contiguous(), grad_weight.contiguous()
 
