@@ -236,3 +236,14 @@ def test_torch_flop_counter_knows_the_op():
         spectral_gate(x, weight, backend="dft").sum().backward()
     fvcore_style = spectral_gate_flops(x.shape)
     assert counter.get_total_flops() == 2 * fvcore_style + 4 * fvcore_style
+
+
+@pytest.mark.parametrize("backend", ["reference", "dft"])
+def test_autocast_runs_in_the_autocast_dtype_with_fp32_accuracy_inside(backend):
+    x, weight, _ = make_inputs((2, 7, 7, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = spectral_gate(x, weight, backend=backend)
+    assert y.dtype == torch.bfloat16
+    # The op sees the bf16-rounded input; its own arithmetic must stay fp32-accurate.
+    expected = oracle(x.to(torch.bfloat16), weight)
+    assert rel_err(y, expected) < 4e-3  # only the final bf16 rounding of y remains
