@@ -2,68 +2,81 @@
 
 Design
 ------
-The op is a fixed real-linear map per channel (DESIGN section 1), written here as the
-separable real DFT of ``dft_matrices``. One program owns ``BLOCK_C`` channels of one batch
-element and holds their whole token grid as a ``(BLOCK_C, W, H)`` register tile: channels
-are the batch axis of 3-D ``tl.dot`` products, so every stage is a small batched matmul
-with a DFT matrix broadcast over channels, and no reshape or transpose is ever needed:
+The op is a fixed real-linear map per channel (DESIGN section 1), computed here with the
+separable real DFT matrices of ``dft_matrices``. One program owns ``BLOCK_C`` channels of
+one batch element and keeps their whole token grid on chip. The tile is laid out so that
+every stage is a plain 2-D ``tl.dot`` with one small, shared DFT matrix and the tensors
+between stages are row-major regroupings of each other (no transposes):
 
-    A = Fw @ x            W-axis real DFT      (BLOCK_C, Wk, W) @ (BLOCK_C, W, H)
-    X = A @ Fh            H-axis complex DFT   (BLOCK_C, Wk, H) @ (BLOCK_C, H, H)  (4 real dots)
-    Y = X * K             complex gate, K read straight from ``complex_weight``
-    Z = Y @ conj(Fh)      H-axis inverse       (4 real dots)
-    y = Gw_re @ Re Z + Gw_im @ Im Z            W-axis real inverse, CPU ``irfft`` semantics
+    x  (W, BLOCK_C*H)      loaded from channels-last memory, rows w, columns (c, h)
+    A = Fw @ x             W-axis real DFT, (Wk, W) @ (W, BLOCK_C*H); re and im parts
+    X = A' @ Fh            A' = A regrouped as (Wk*BLOCK_C, H); H-axis complex DFT (4 dots)
+    Y = X * K              complex gate, K read straight from ``complex_weight``
+    Z = Y @ conj(Fh)       H-axis inverse (4 dots)
+    y = Gw_re @ Re Z' + Gw_im @ Im Z'    Z' = Z regrouped as (Wk, BLOCK_C*H); CPU irfft rules
 
-``Fh`` and ``conj(Fh)`` are symmetric, so they serve as their own transposes. Nothing
-between the load of ``x`` and the store of ``y`` leaves registers: HBM traffic is one read
-of ``x``, one write of ``y`` and the (L2-resident) matrices and filter.
+``Fh`` and ``conj(Fh)`` are symmetric, so multiplying by them from the right transforms
+along h. Between the load of ``x`` and the store of ``y`` nothing goes to global memory:
+HBM traffic is one read of ``x``, one write of ``y`` and the (L2-resident) matrices and
+filter, which is the op's floor.
 
 The backward kernel reads ``x`` and ``dy`` once and writes ``dx`` once. It recomputes the
-spectrum ``X`` of ``x``, pulls ``dy`` back through the transposed inverse stages to ``D``
-(the gradient reaching ``Y``), accumulates ``dK = sum_b conj(X) * D`` in registers over
-``BATCH_PER_PROGRAM`` batch elements, and pushes ``D * conj(K)`` through the transposed
-forward stages to ``dx``. Each program writes its ``dK`` partial to its own slot; the
-partials are summed over a fixed axis afterwards, so ``dK`` is bitwise reproducible (no
-atomics). Partial traffic is about ``1 / BATCH_PER_PROGRAM`` of the bytes of ``x``.
+spectrum ``X``, pulls ``dy`` back through the adjoint inverse stages to ``D`` (the gradient
+reaching ``Y``), accumulates ``dK = sum_b conj(X) * D`` in registers over
+``BATCH_PER_PROGRAM`` batch elements in a fixed order, and pushes ``D * conj(K)`` through
+the adjoint forward stages to ``dx``. Each program writes its ``dK`` partial to its own
+slot and the slots are summed over a fixed axis afterwards, so ``dK`` is bitwise
+reproducible (no atomics). The partials cost about ``1/BATCH_PER_PROGRAM`` of the bytes
+of ``x`` in extra traffic.
 
 Padding and precision
 ---------------------
-Triton tiles have power-of-two sides, and dot operands need at least 16 along each matrix
+Triton tiles have power-of-two sides and dot operands need at least 16 along each matrix
 axis, so H, W and Wk = W//2+1 are padded to ``max(16, next_pow2(n))`` *inside the kernel*
-by masked loads (zeros in the matrices and in ``x`` beyond the grid); tensors in HBM are
-never padded. Dots accumulate in fp32. fp32 inputs use ``input_precision="ieee"`` (TF32
-would miss the 1e-5 bar); bf16/fp16 inputs run every dot with operands in the input dtype
-(intermediates rounded to it between stages), which stays well inside the 1e-2 bar.
+with masked loads (zeros in the matrices and in ``x`` beyond the grid); tensors in HBM
+are never padded. Every dot accumulates in fp32.
+
+* fp32 inputs: ``input_precision="ieee"`` dots (TF32 would miss the 1e-5 bar); about
+  1.5e-7 relative error against the float64 oracle (measured in the interpreter).
+* fp16 inputs: dot operands in fp16 (intermediates rounded to fp16 between stages),
+  about 7e-4.
+* bf16 inputs: dot operands in bf16, about 5e-3 (bar: 1e-2). Overflow-safe, unlike fp16
+  operands, because bf16 has fp32's exponent range.
+
+There is no TF32 mode: its accuracy could not be measured without a GPU.
 
 Supported inputs
 ----------------
 fp32, bf16 and fp16 ``x`` with any strides, any B and C, and 1 <= H, W <= ``MAX_GRID``
-(64: the DESIGN's largest grid, 64x64, is a 64x64 register tile per channel). fp64, larger
-grids, and samples spanning 2**31 elements or more are declined by ``supports`` with the
-reason, so ``auto`` falls back to the next backend (``reference`` on CUDA) and an explicit
-``backend="triton"`` raises ``BackendUnavailableError`` naming the limit. Batch and
-channel-block offsets are int64, so tensors beyond 2**31 elements are fine. Launches go on
-the current stream with no host synchronisation, so the op can be captured in a CUDA graph
-once the autotuner has run (call it once before capturing).
+(64, the DESIGN's largest grid). fp64, CPU tensors (unless Triton's interpreter is on),
+larger grids and single samples spanning 2**31 elements or more are declined by
+``supports`` with the reason: ``auto`` then falls back to the next backend (``reference``
+on CUDA) and an explicit ``backend="triton"`` raises ``BackendUnavailableError`` naming the
+limit. Batch and channel-block offsets are int64, so tensors beyond 2**31 elements work.
+Launches go on the current stream under a device guard with no host synchronisation, so the
+op can be captured in a CUDA graph once the autotuner has run for the shape (call it once
+before capturing).
 
-On CUDA the channel block and warp count are autotuned per (H, W, C, dtype) and cached.
-Under ``TRITON_INTERPRET=1`` (CPU tensors, used by the tests) one heuristic configuration
-is used instead, because the autotuner's timing needs a GPU.
+On CUDA the channel block (1-32) and warp count are autotuned per (H, W, C, dtype) and
+cached by Triton. Under ``TRITON_INTERPRET=1`` (CPU tensors, as in the tests) one heuristic
+configuration is used instead, because the autotuner's timing needs a GPU.
 
-Expected H100 behaviour (UNMEASURED: estimates from the design, no GPU was available)
---------------------------------------------------------------------------------------
-* bf16, 14x14, C=384, B=128 (16x16x16 padded tile): about 5 GFLOP of tensor-core dots per
-  forward, a few microseconds of MMA work against a ~12 us memory floor, so the forward
-  should sit near the copy bandwidth if the channel-block loads coalesce well.
+Expected H100 behaviour (UNMEASURED: design estimates, no GPU was used)
+------------------------------------------------------------------------
+* bf16, 14x14, C=384, B=128: padded to 16x16 with Wk 8 -> 16, about 5 GFLOP of
+  tensor-core dots per forward, a few microseconds of MMA work against the ~12 us memory
+  floor, so the forward should run close to copy bandwidth if loads coalesce
+  (``BLOCK_C`` >= 16 bf16 channels gives 32-byte contiguous segments).
 * fp32 with ``ieee`` dots runs on CUDA cores (~60 TFLOP/s): the same shape needs roughly
-  70-100 us, i.e. compute-bound at 3-4x the 23 us memory floor; ``tf32x3`` dots would be
-  the next thing to measure for fp32.
-* 56x56 / 64x64 grids put 4K fp32 values per channel in registers, so the autotuner is
-  expected to pick 1-2 channels per program; padding Wk=29 to 32 and H to 64 costs ~15%.
+  70-100 us, compute-bound at 3-4x the 23 us memory floor. ``tf32x3`` dots are the first
+  thing to try for fp32 speed (they should keep ~1e-6 accuracy), measured on a GPU.
+* 56x56 / 64x64 grids hold 4K values per channel per intermediate; the autotuner is expected
+  to settle on 1-4 channels per program, and padding Wk = 29 -> 32 costs little.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -118,27 +131,21 @@ def supports(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
     if h > MAX_GRID or w > MAX_GRID:
         return (f"the fused kernel holds a whole token grid per channel in registers and takes "
                 f"H, W <= {MAX_GRID}, got {h}x{w}")
-    # Offsets inside one sample are int32 (batch and channel-block offsets are int64).
-    for t, name in ((x, "x"), (weight, "weight")):
-        dims = t.shape[1:] if t is x else t.shape
-        strides = t.stride()[1:] if t is x else t.stride()
-        span = sum((n - 1) * abs(s) for n, s in zip(dims, strides))
+    # Offsets inside one sample are int32 (batch and channel-block offsets are int64): the
+    # strided sample of x, the contiguous sample of y / dx, the filter and a dK partial.
+    spans = {
+        "x": sum((n - 1) * abs(st) for n, st in zip(x.shape[1:], x.stride()[1:])),
+        "weight": sum((n - 1) * abs(st) for n, st in zip(weight.shape, weight.stride())),
+        "the output": h * w * x.shape[3],
+        "the filter gradient": weight.numel(),
+    }
+    for name, span in spans.items():
         if span >= 2**31:
             return f"one sample of {name} spans {span} elements; the kernels index it with int32"
     return None
 
 
 if _TRITON_IMPORT_ERROR is None:
-
-    @triton.jit
-    def _load_matrix(ptr, offset, stride_row, stride_col, n_rows, n_cols,
-                     ROWS: tl.constexpr, COLS: tl.constexpr, DOT_DTYPE: tl.constexpr):
-        """``ptr[offset + r*stride_row + c*stride_col]``, zero-padded to (ROWS, COLS)."""
-        r = tl.arange(0, ROWS)[:, None]
-        c = tl.arange(0, COLS)[None, :]
-        m = tl.load(ptr + offset + r * stride_row + c * stride_col,
-                    mask=(r < n_rows) & (c < n_cols), other=0.0)
-        return _to_storage(m, DOT_DTYPE)
 
     # Triton's interpreter multiplies bf16 operands as raw bits and converts fp32 -> bf16 by
     # truncation. Under it, operands and stores are rounded to nearest-even by hand and the
@@ -154,6 +161,16 @@ if _TRITON_IMPORT_ERROR is None:
             bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
             v = bits.to(tl.float32, bitcast=True)  # exactly representable now
         return v.to(DTYPE)
+
+    @triton.jit
+    def _load_matrix(ptr, offset, stride_row, stride_col, n_rows, n_cols,
+                     ROWS: tl.constexpr, COLS: tl.constexpr, DOT_DTYPE: tl.constexpr):
+        """``ptr[offset + r*stride_row + c*stride_col]``, zero-padded to (ROWS, COLS)."""
+        r = tl.arange(0, ROWS)[:, None]
+        c = tl.arange(0, COLS)[None, :]
+        m = tl.load(ptr + offset + r * stride_row + c * stride_col,
+                    mask=(r < n_rows) & (c < n_cols), other=0.0)
+        return _to_storage(m, DOT_DTYPE)
 
     @triton.jit
     def _dot(a, b, DOT_DTYPE: tl.constexpr):
@@ -174,43 +191,46 @@ if _TRITON_IMPORT_ERROR is None:
         return out_re, out_im
 
     @triton.jit
-    def _load_grid(ptr, base, C, c0, s_h, s_w, s_c, H: tl.constexpr, W: tl.constexpr,
+    def _load_grid(ptr, base, n_channels, s_h, s_w, s_c, H: tl.constexpr, W: tl.constexpr,
                    HP: tl.constexpr, WP: tl.constexpr, BLOCK_C: tl.constexpr):
-        """A (WP, BLOCK_C * HP) tile of a channels-last grid: rows w, columns (c, h)."""
+        """A (WP, BLOCK_C * HP) tile of a channels-last grid: rows w, columns (c, h).
+
+        ``base`` (int64) points at the tile's first channel; ``n_channels`` of the block
+        exist. In-tile offsets stay int32 (``supports`` checks that they fit)."""
         ww = tl.arange(0, WP)[:, None, None]
         cc = tl.arange(0, BLOCK_C)[None, :, None]
         hh = tl.arange(0, HP)[None, None, :]
-        mask = (ww < W) & (c0 + cc < C) & (hh < H)
-        tile = tl.load(ptr + base + (c0 + cc) * s_c + ww * s_w + hh * s_h, mask=mask, other=0.0)
+        mask = (ww < W) & (cc < n_channels) & (hh < H)
+        tile = tl.load(ptr + base + cc * s_c + ww * s_w + hh * s_h, mask=mask, other=0.0)
         return tl.reshape(tile, (WP, BLOCK_C * HP))
 
     @triton.jit
-    def _store_grid(ptr, base, value, C, c0, H: tl.constexpr, W: tl.constexpr,
+    def _store_grid(ptr, base, value, C, n_channels, H: tl.constexpr, W: tl.constexpr,
                     HP: tl.constexpr, WP: tl.constexpr, BLOCK_C: tl.constexpr):
         """Store a (WP, BLOCK_C * HP) tile into a contiguous (B, H, W, C) tensor."""
         ww = tl.arange(0, WP)[:, None, None]
         cc = tl.arange(0, BLOCK_C)[None, :, None]
         hh = tl.arange(0, HP)[None, None, :]
-        mask = (ww < W) & (c0 + cc < C) & (hh < H)
+        mask = (ww < W) & (cc < n_channels) & (hh < H)
         value = _to_storage(tl.reshape(value, (WP, BLOCK_C, HP)), ptr.dtype.element_ty)
-        tl.store(ptr + base + (c0 + cc) + ww * C + hh * (W * C), value, mask=mask)
+        tl.store(ptr + base + cc + ww * C + hh * (W * C), value, mask=mask)
 
     @triton.jit
-    def _spectrum_offsets(C, c0, H: tl.constexpr, WK: tl.constexpr,
+    def _spectrum_offsets(n_channels, H: tl.constexpr, WK: tl.constexpr,
                           HP: tl.constexpr, WKP: tl.constexpr, BLOCK_C: tl.constexpr):
         """Index vectors and mask of a (WKP, BLOCK_C, HP) half-spectrum tile."""
         kk = tl.arange(0, WKP)[:, None, None]
         cc = tl.arange(0, BLOCK_C)[None, :, None]
         hh = tl.arange(0, HP)[None, None, :]
-        return kk, cc, hh, (kk < WK) & (c0 + cc < C) & (hh < H)
+        return kk, cc, hh, (kk < WK) & (cc < n_channels) & (hh < H)
 
     @triton.jit
-    def _load_filter(weight_ptr, C, c0, sk_h, sk_k, sk_c, sk_p, H: tl.constexpr,
+    def _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p, H: tl.constexpr,
                      WK: tl.constexpr, HP: tl.constexpr, WKP: tl.constexpr,
                      BLOCK_C: tl.constexpr):
         """K's real and imaginary parts as (WKP * BLOCK_C, HP) fp32 tiles."""
-        kk, cc, hh, mask = _spectrum_offsets(C, c0, H, WK, HP, WKP, BLOCK_C)
-        k_ptr = weight_ptr + (c0 + cc) * sk_c + kk * sk_k + hh * sk_h
+        kk, cc, hh, mask = _spectrum_offsets(n_channels, H, WK, HP, WKP, BLOCK_C)
+        k_ptr = weight_ptr + c0 * sk_c + cc * sk_c + kk * sk_k + hh * sk_h
         k_re = tl.load(k_ptr, mask=mask, other=0.0).to(tl.float32)
         k_im = tl.load(k_ptr + sk_p, mask=mask, other=0.0).to(tl.float32)
         return (tl.reshape(k_re, (WKP * BLOCK_C, HP)), tl.reshape(k_im, (WKP * BLOCK_C, HP)))
@@ -238,6 +258,7 @@ if _TRITON_IMPORT_ERROR is None:
         n_cblocks = tl.cdiv(C, BLOCK_C)
         b = pid // n_cblocks
         c0 = (pid % n_cblocks) * BLOCK_C
+        n_channels = C - c0  # channels of this block that exist (masks compare with it)
 
         # DFT matrices (layouts in dft_matrices.py). The H-axis ones are the (h, h') blocks
         # of the interleaved (h, re/im) real form; being symmetric, they are their own
@@ -250,10 +271,11 @@ if _TRITON_IMPORT_ERROR is None:
         gh_im = _load_matrix(h_inv_ptr, 2 * H, 4 * H, 2, H, H, HP, HP, DOT_DTYPE)
         gw_re = _load_matrix(w_inv_ptr, 0, 2 * WK, 1, W, WK, WP, WKP, DOT_DTYPE)
         gw_im = _load_matrix(w_inv_ptr, WK, 2 * WK, 1, W, WK, WP, WKP, DOT_DTYPE)
-        k_re, k_im = _load_filter(weight_ptr, C, c0, sk_h, sk_k, sk_c, sk_p,
+        k_re, k_im = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
                                   H, WK, HP, WKP, BLOCK_C)
 
-        x = _load_grid(x_ptr, b * sx_b, C, c0, sx_h, sx_w, sx_c, H, W, HP, WP, BLOCK_C)
+        x = _load_grid(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
+                       H, W, HP, WP, BLOCK_C)
         s_re, s_im = _spectrum(x, fw_re, fw_im, fh_re, fh_im, HP, WKP, BLOCK_C, DOT_DTYPE)
         g_re = s_re * k_re - s_im * k_im
         g_im = s_re * k_im + s_im * k_re
@@ -261,7 +283,7 @@ if _TRITON_IMPORT_ERROR is None:
         z_re = tl.reshape(z_re, (WKP, BLOCK_C * HP))
         z_im = tl.reshape(z_im, (WKP, BLOCK_C * HP))
         y = _dot(gw_re, z_re, DOT_DTYPE) + _dot(gw_im, z_im, DOT_DTYPE)
-        _store_grid(y_ptr, b * (H * W * C), y, C, c0, H, W, HP, WP, BLOCK_C)
+        _store_grid(y_ptr, b * (H * W * C) + c0, y, C, n_channels, H, W, HP, WP, BLOCK_C)
 
     @triton.jit
     def _backward_kernel(
@@ -276,6 +298,7 @@ if _TRITON_IMPORT_ERROR is None:
         n_cblocks = tl.cdiv(C, BLOCK_C)
         group = pid // n_cblocks
         c0 = (pid % n_cblocks) * BLOCK_C
+        n_channels = C - c0
 
         # Adjoints: of "Fw @" is "Fw^T @", of "Gw @" is "Gw^T @"; of "@ conj(Fh)" is "@ Fh"
         # and of "@ Fh" is "@ conj(Fh)" (symmetric matrices, conjugate transposes).
@@ -289,7 +312,7 @@ if _TRITON_IMPORT_ERROR is None:
         gh_im = _load_matrix(h_inv_ptr, 2 * H, 4 * H, 2, H, H, HP, HP, DOT_DTYPE)
         gwt_re = _load_matrix(w_inv_ptr, 0, 1, 2 * WK, WK, W, WKP, WP, DOT_DTYPE)
         gwt_im = _load_matrix(w_inv_ptr, WK, 1, 2 * WK, WK, W, WKP, WP, DOT_DTYPE)
-        k_re, k_im = _load_filter(weight_ptr, C, c0, sk_h, sk_k, sk_c, sk_p,
+        k_re, k_im = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
                                   H, WK, HP, WKP, BLOCK_C)
 
         dk_re = tl.zeros((WKP * BLOCK_C, HP), dtype=tl.float32)
@@ -297,8 +320,9 @@ if _TRITON_IMPORT_ERROR is None:
         b_start = group * BATCH_PER_PROGRAM
         b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
         for b in range(b_start, b_end):  # fixed order, so dK partials are reproducible
-            x = _load_grid(x_ptr, b * sx_b, C, c0, sx_h, sx_w, sx_c, H, W, HP, WP, BLOCK_C)
-            dy = _load_grid(grad_y_ptr, b * sg_b, C, c0, sg_h, sg_w, sg_c,
+            x = _load_grid(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
+                           H, W, HP, WP, BLOCK_C)
+            dy = _load_grid(grad_y_ptr, b * sg_b + c0 * sg_c, n_channels, sg_h, sg_w, sg_c,
                             H, W, HP, WP, BLOCK_C)
             s_re, s_im = _spectrum(x, fw_re, fw_im, fh_re, fh_im, HP, WKP, BLOCK_C, DOT_DTYPE)
 
@@ -317,12 +341,13 @@ if _TRITON_IMPORT_ERROR is None:
             da_re = tl.reshape(da_re, (WKP, BLOCK_C * HP))
             da_im = tl.reshape(da_im, (WKP, BLOCK_C * HP))
             dx = _dot(fwt_re, da_re, DOT_DTYPE) + _dot(fwt_im, da_im, DOT_DTYPE)
-            _store_grid(grad_x_ptr, b * (H * W * C), dx, C, c0, H, W, HP, WP, BLOCK_C)
+            _store_grid(grad_x_ptr, b * (H * W * C) + c0, dx, C, n_channels,
+                        H, W, HP, WP, BLOCK_C)
 
         # This group's partial slot in the (groups, H, WK, C, 2) buffer.
-        kk, cc, hh, mask = _spectrum_offsets(C, c0, H, WK, HP, WKP, BLOCK_C)
-        p_ptr = (grad_k_partial_ptr + group * (H * WK * C * 2)
-                 + hh * (WK * C * 2) + kk * (C * 2) + (c0 + cc) * 2)
+        kk, cc, hh, mask = _spectrum_offsets(n_channels, H, WK, HP, WKP, BLOCK_C)
+        p_ptr = (grad_k_partial_ptr + group * (H * WK * C * 2) + c0 * 2
+                 + hh * (WK * C * 2) + kk * (C * 2) + cc * 2)
         tl.store(p_ptr, tl.reshape(dk_re, (WKP, BLOCK_C, HP)), mask=mask)
         tl.store(p_ptr + 1, tl.reshape(dk_im, (WKP, BLOCK_C, HP)), mask=mask)
 
@@ -372,21 +397,15 @@ def _launch_setup(x: torch.Tensor):
 
 
 def _device_guard(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.device.type == "cuda" else _NullContext()
-
-
-class _NullContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
 
 
 def spectral_gate_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     b, _, _, c = x.shape
     mats, sizes = _launch_setup(x)
     y = _empty(x.shape, dtype=x.dtype, device=x.device)
+    if b == 0:
+        return y
     kernel = _forward_kernel if INTERPRETED else _forward_tuned
     grid = lambda meta: (b * triton.cdiv(c, meta["BLOCK_C"]),)  # noqa: E731
     with _device_guard(x):
@@ -405,6 +424,8 @@ def spectral_gate_triton_backward(
     mats, sizes = _launch_setup(x)
     groups = triton.cdiv(b, BATCH_PER_PROGRAM)
     grad_x = _empty(x.shape, dtype=x.dtype, device=x.device)
+    if b == 0:
+        return grad_x, torch.zeros_like(weight, memory_format=torch.contiguous_format)
     grad_k_partials = _empty((groups, h, wk, c, 2), dtype=torch.float32, device=x.device)
     kernel = _backward_kernel if INTERPRETED else _backward_tuned
     grid = lambda meta: (groups * triton.cdiv(c, meta["BLOCK_C"]),)  # noqa: E731
