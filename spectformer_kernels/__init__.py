@@ -28,6 +28,7 @@ register_backend(Backend(
     "dft", spectral_gate_dft, spectral_gate_dft_backward,
     "separable real DFT as matrix products in plain PyTorch (no complex dtype)",
 ))
+from . import triton_backend  # noqa: E402  registers "triton"; unavailable without triton/GPU
 
 __all__ = [
     "Backend",
