@@ -28,6 +28,10 @@ register_backend(Backend(
     "dft", spectral_gate_dft, spectral_gate_dft_backward,
     "separable real DFT as matrix products in plain PyTorch (no complex dtype)",
 ))
+# Optional kernel backends register themselves; each imports cleanly without its
+# dependency and then reports itself unavailable, saying why.
+from . import triton_backend  # noqa: E402,F401  registers "triton"
+from . import cuda_backend  # noqa: E402,F401  registers "cuda", "cuda_fused", "cuda_cufft"
 
 __all__ = [
     "Backend",

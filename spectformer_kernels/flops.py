@@ -39,13 +39,23 @@ def _shape(value) -> list[int]:
     return list(value.type().sizes())
 
 
+def _int_list(value):
+    """A traced int or int-list argument (a constant or a ``prim::ListConstruct``)."""
+    ivalue = value.toIValue()
+    if ivalue is None and value.node().kind() == "prim::ListConstruct":
+        ivalue = [item.toIValue() for item in value.node().inputs()]
+    if isinstance(ivalue, int):  # the 1-D transforms take a single ``dim``
+        ivalue = [ivalue]
+    if isinstance(ivalue, (list, tuple)) and ivalue and all(isinstance(d, int) for d in ivalue):
+        return list(ivalue)
+    return None
+
+
 def _fft_dims(inputs, ndim: int, default: list[int]) -> list[int]:
-    """The ``dim`` argument of an ``aten::fft_*`` call (``(..., dim, norm)``), normalised."""
-    dims = default
-    for value in inputs[1:]:
-        ivalue = value.toIValue()
-        if isinstance(ivalue, (list, tuple)) and ivalue and all(isinstance(d, int) for d in ivalue):
-            dims = list(ivalue)  # ``s`` precedes ``dim``: the last int list is ``dim``
+    """The ``dim`` argument of an ``aten::fft_*`` call (``(self, s|n, dim, norm)``)."""
+    dims = _int_list(inputs[2]) if len(inputs) > 2 else None
+    if dims is None:
+        dims = default
     return [d % ndim for d in dims]
 
 

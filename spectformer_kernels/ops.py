@@ -17,10 +17,19 @@ from .dft import spectral_gate_dft
 from .validation import check_spectral_gate_inputs
 
 
+def _no_autocast(x: torch.Tensor):
+    """Backends choose their own precision: an enclosing autocast region must not turn the
+    fp32 DFT matmuls inside them into bf16 ones."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 @torch.library.custom_op("spectformer::spectral_gate", mutates_args=())
 def spectral_gate_op(x: torch.Tensor, weight: torch.Tensor, backend: str) -> torch.Tensor:
     name = backends.resolve_backend(backend, x, weight)
-    return backends.get_backend(name).forward(x, weight).contiguous()
+    if x.shape[0] == 0:  # an empty batch is valid; some FFT libraries reject it
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    with _no_autocast(x):
+        return backends.get_backend(name).forward(x, weight).contiguous()
 
 
 @spectral_gate_op.register_fake
@@ -34,7 +43,10 @@ def spectral_gate_backward_op(
     grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     name = backends.resolve_backend(backend, x, weight)
-    grad_x, grad_weight = backends.get_backend(name).backward(grad_out, x, weight)
+    if x.shape[0] == 0:
+        return torch.empty_like(x, memory_format=torch.contiguous_format), torch.zeros_like(weight)
+    with _no_autocast(x):
+        grad_x, grad_weight = backends.get_backend(name).backward(grad_out, x, weight)
     return grad_x.contiguous(), grad_weight.contiguous()
 
 
@@ -78,9 +90,15 @@ def spectral_gate(
             ``$SPECTFORMER_BACKEND`` if set, else ``"auto"``.
 
     Returns:
-        ``(B, H, W, C)`` in ``x.dtype``, differentiable in ``x`` and ``weight``.
+        ``(B, H, W, C)`` in ``x.dtype``, differentiable in ``x`` and ``weight``. Inside an
+        autocast region an fp32 ``x`` is first cast to the autocast dtype, as a matmul's
+        inputs would be.
     """
     check_spectral_gate_inputs(x, weight)
+    if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:
+        # Like a matmul under autocast: run (and return) in the autocast dtype. The
+        # backends still accumulate in fp32 and the weight stays fp32.
+        x = x.to(torch.get_autocast_dtype(x.device.type))
     name = backends.resolve_backend(backend, x, weight)
     if torch.onnx.is_in_onnx_export():
         # ONNX has no custom-op kernel to call: export the matmul form, which every

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One GPU session, from a clean tree: build the CUDA extension in place, run the GPU tests,
+# compute-sanitizer (memcheck, racecheck) over the CUDA and Triton kernel tests, and the
+# kernel benchmark. Everything lands in OUTDIR (logs, CSV, PNG, a summary). The steps are
+# time-boxed so that the whole session stays well inside 10 minutes.
+#
+#     bash benchmarks/gpu_session.sh OUTDIR
+set -uo pipefail
+
+if [ $# -ne 1 ]; then
+  echo "usage: $0 OUTDIR" >&2
+  exit 2
+fi
+OUT="$(mkdir -p "$1" && cd "$1" && pwd)"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+SUMMARY="$OUT/summary.txt"
+DEADLINE=${SPECTFORMER_SESSION_SECONDS:-560}  # the caller's limit is 600 s
+: > "$SUMMARY"
+FAILED=0
+
+# step NAME SECONDS COMMAND...: run with a time limit (never past the session deadline), log
+# to OUT/NAME.log, record the outcome.
+step() {
+  local name="$1" limit="$2"
+  shift 2
+  local start=$SECONDS
+  local left=$((DEADLINE - SECONDS))
+  if [ "$left" -lt 10 ]; then
+    printf '%-22s %-40s\n' "$name" "SKIPPED (session deadline reached)" | tee -a "$SUMMARY"
+    FAILED=1
+    return 1
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  local outcome="ok"
+  [ $rc -ne 0 ] && outcome="FAILED (exit $rc$([ $rc -eq 124 ] && echo ", timed out after ${limit}s"))" && FAILED=1
+  printf '%-22s %-40s %4ds\n' "$name" "$outcome" $((SECONDS - start)) | tee -a "$SUMMARY"
+  return $rc
+}
+
+{
+  echo "commit: $(git rev-parse HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+  nvcc --version | tail -1
+} > "$OUT/environment.txt" 2>&1
+
+# 1. Build in place with the machine's own torch (no downloads).
+step build 180 env SPECTFORMER_BUILD_CUDA=1 \
+  python -m pip install --no-build-isolation --no-deps --no-index -v -e . || {
+  echo "build failed: see $OUT/build.log" | tee -a "$SUMMARY"
+  exit 1
+}
+step import 30 python -c "import spectformer_kernels as sk; print(sk.available_backends())"
+
+# 2. GPU tests of the CUDA backend (and the Triton backend's, when its tests exist).
+TRITON_TESTS=$(ls tests/test_triton*.py 2>/dev/null | tr '\n' ' ')
+step tests 150 python -m pytest -q --maxfail=20 -rs tests/test_cuda_backend.py $TRITON_TESTS \
+  --junitxml="$OUT/tests.xml"
+
+# 3. Kernel benchmark: every available backend (cuda, cuda_fused, cuda_cufft, triton,
+#    reference, dft), the DESIGN shapes, fp32 and bf16, fwd and fwd+bwd.
+step benchmark 150 python -m benchmarks.spectral_gate --device cuda --out "$OUT" --plot
+
+# 4. compute-sanitizer over the small GPU cases (-k sanitizer) of the kernel tests. The
+#    caching allocator is off so that memcheck sees every allocation's real bounds.
+SANITIZE=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --error-exitcode 99
+          --target-processes all)
+SANITIZED_TESTS=(python -m pytest -q -x -p no:cacheprovider -k sanitizer
+                 tests/test_cuda_backend.py $TRITON_TESTS)
+step memcheck 90 "${SANITIZE[@]}" --tool memcheck "${SANITIZED_TESTS[@]}"
+step racecheck 90 "${SANITIZE[@]}" --tool racecheck "${SANITIZED_TESTS[@]}"
+
+echo "total ${SECONDS}s; logs in $OUT" | tee -a "$SUMMARY"
+exit $FAILED

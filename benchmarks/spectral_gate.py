@@ -1,0 +1,254 @@
+"""Microbenchmark of the spectral gate: every available backend, the shapes that matter.
+
+    python -m benchmarks.spectral_gate                 # GPU if there is one, else a CPU run
+    python -m benchmarks.spectral_gate --device cpu --plot
+    python -m benchmarks.spectral_gate --shapes 14x14x384 --dtypes bf16 --modes fwd
+
+For each backend, shape, dtype and mode it reports the median time, the achieved bandwidth
+against the op's floor (forward: read x + write y; forward+backward: that plus read x and dy,
+write dx), that bandwidth as a share of the device's copy bandwidth measured in the same run,
+and the speed-up over ``reference``. Rows are appended, with device, versions and commit, to
+``benchmarks/results/spectral_gate.csv``; ``--plot`` draws the speed-ups as a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+import spectformer_kernels as sk
+from benchmarks.environment import environment
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# DESIGN section 5: vanilla 14x14 stages, hierarchical stage-1/2 grids, the 7x7 stage.
+SHAPES = {
+    "14x14x256": (14, 14, 256),
+    "14x14x384": (14, 14, 384),
+    "14x14x512": (14, 14, 512),
+    "56x56x64": (56, 56, 64),
+    "28x28x128": (28, 28, 128),
+    "56x56x96": (56, 56, 96),
+    "28x28x192": (28, 28, 192),
+    "7x7x768": (7, 7, 768),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = ("fwd", "fwd+bwd")
+FIELDS = [
+    "timestamp", "device", "torch", "triton", "cuda", "commit", "backend", "shape", "batch",
+    "dtype", "mode", "median_us", "gbps", "pct_copy_bw", "speedup_vs_reference",
+    "rel_err_vs_reference", "copy_gbps",
+]
+
+
+def time_cuda(fn, reps: int) -> float:
+    """Median seconds with CUDA events, L2 flushed before every rep (memory-bound op)."""
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
+    for _ in range(max(3, reps // 10)):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for start, end in zip(starts, ends):
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / 1e3
+
+
+def time_cpu(fn, min_seconds: float) -> float:
+    from torch.utils.benchmark import Timer
+
+    return Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_seconds).median
+
+
+def copy_bandwidth(device: torch.device, quick: bool) -> float:
+    """Bytes read + written per second by a large device-to-device copy."""
+    numel = (64 if device.type == "cpu" or quick else 512) * 1024 * 1024 // 4
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    fn = lambda: dst.copy_(src)  # noqa: E731
+    seconds = time_cuda(fn, 50) if device.type == "cuda" else time_cpu(fn, 0.5)
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+def floor_bytes(x: torch.Tensor, mode: str) -> int:
+    tensor_bytes = x.numel() * x.element_size()
+    return tensor_bytes * (2 if mode == "fwd" else 5)
+
+
+def make_case(backend: str, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, mode: str):
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return sk.spectral_gate(x, weight, backend=backend)
+    else:
+        xr, wr = x.detach().requires_grad_(True), weight.detach().requires_grad_(True)
+
+        def run():
+            y = sk.spectral_gate(xr, wr, backend=backend)
+            return torch.autograd.grad(y, (xr, wr), grad)
+    return run
+
+
+def benchmark(args) -> list[dict]:
+    device = torch.device(args.device)
+    env = environment(device)
+    backends = args.backends or [b for b in sk.available_backends() if b != "auto"]
+    if "reference" not in backends:
+        backends = ["reference", *backends]  # every row is compared against it
+    copy_bw = copy_bandwidth(device, args.quick)
+    print(f"# {env['device']} | torch {env['torch']} | triton {env['triton']} | "
+          f"CUDA {env['cuda']} | commit {env['commit']}")
+    print(f"# measured copy bandwidth: {copy_bw / 1e9:.1f} GB/s (read + write)")
+    if device.type == "cpu":
+        print(f"# CPU run (batch {args.batch}): CPU timings say nothing about GPU kernels")
+
+    cases = [(s, d, m) for s in args.shapes for d in args.dtypes for m in args.modes]
+    try:
+        from tqdm import tqdm
+
+        cases = tqdm(cases, desc="cases", file=sys.stderr, leave=False)
+    except ImportError:
+        pass
+    rows = []
+    for shape_name, dtype_name, mode in cases:
+        h, w, c = SHAPES[shape_name]
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(args.batch, h, w, c, generator=gen).to(device, DTYPES[dtype_name])
+        weight = (torch.randn(h, w // 2 + 1, c, 2, generator=gen) * 0.02).to(device)
+        grad = torch.randn(args.batch, h, w, c, generator=gen).to(device, DTYPES[dtype_name])
+        results = {}
+        for backend in backends:
+            try:
+                run = make_case(backend, x, weight, grad, mode)
+                out = run()
+            except (sk.BackendUnavailableError, NotImplementedError) as err:
+                print(f"  skip {backend} {shape_name} {dtype_name}: {err}", file=sys.stderr)
+                continue
+            out = out if isinstance(out, torch.Tensor) else out[0]
+            seconds = time_cuda(run, args.reps) if device.type == "cuda" else time_cpu(run, args.min_seconds)
+            results[backend] = (seconds, out.float())
+        ref_seconds, ref_out = results["reference"]
+        for backend, (seconds, out) in results.items():
+            gbps = floor_bytes(x, mode) / seconds
+            err = ((out - ref_out).norm() / ref_out.norm()).item()
+            rows.append({
+                **env, "backend": backend, "shape": shape_name, "batch": args.batch,
+                "dtype": dtype_name, "mode": mode, "median_us": round(seconds * 1e6, 2),
+                "gbps": round(gbps / 1e9, 2), "pct_copy_bw": round(100 * gbps / copy_bw, 1),
+                "speedup_vs_reference": round(ref_seconds / seconds, 2),
+                "rel_err_vs_reference": f"{err:.1e}", "copy_gbps": round(copy_bw / 1e9, 1),
+            })
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'shape':>10} {'dtype':>5} {'mode':>8} {'backend':>10} {'median us':>11} " \
+             f"{'GB/s':>8} {'% copy':>7} {'vs ref':>7} {'err vs ref':>10}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['shape']:>10} {r['dtype']:>5} {r['mode']:>8} {r['backend']:>10} "
+              f"{r['median_us']:>11.1f} {r['gbps']:>8.1f} {r['pct_copy_bw']:>6.1f}% "
+              f"{r['speedup_vs_reference']:>6.2f}x {r['rel_err_vs_reference']:>10}")
+
+
+def save_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["dtype"], r["mode"]) for r in rows})
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 1.3 * len(shapes)), 3.2 * len(panels)),
+                             squeeze=False)
+    width = 0.8 / len(backends)
+    for ax, (dtype, mode) in zip(axes[:, 0], panels):
+        for i, backend in enumerate(backends):
+            speedups = []
+            for shape in shapes:
+                match = [r for r in rows if (r["dtype"], r["mode"], r["backend"], r["shape"])
+                         == (dtype, mode, backend, shape)]
+                speedups.append(match[0]["speedup_vs_reference"] if match else 0.0)
+            bars = ax.bar([s + i * width for s in range(len(shapes))], speedups, width, label=backend)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xticks([s + 0.4 - width / 2 for s in range(len(shapes))], shapes, fontsize=8)
+        ax.set_ylabel("speed-up vs reference")
+        ax.set_title(f"{dtype}, {mode}, batch {rows[0]['batch']}", fontsize=9)
+        ax.legend(fontsize=7, ncol=len(backends))
+    fig.suptitle(f"spectral gate on {rows[0]['device']} (commit {rows[0]['commit']})", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        choices=["cpu", "cuda"])
+    parser.add_argument("--batch", type=int, help="batch size (default 128 on GPU, 16 on CPU)")
+    parser.add_argument("--shapes", default="all",
+                        help=f"comma-separated HxWxC from {', '.join(SHAPES)}, or 'all'")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    parser.add_argument("--modes", default="fwd,fwd+bwd", help="comma-separated: fwd, fwd+bwd")
+    parser.add_argument("--backends", help="comma-separated (default: every available backend)")
+    parser.add_argument("--reps", type=int, default=100, help="timed reps per case on GPU")
+    parser.add_argument("--min-seconds", type=float, default=0.5, help="time per case on CPU")
+    parser.add_argument("--quick", action="store_true", help="fewer reps, smaller copy probe")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for CSV and PNG")
+    parser.add_argument("--no-save", action="store_true", help="print only, write nothing")
+    parser.add_argument("--plot", action="store_true", help="also draw a PNG of the speed-ups")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    args.batch = args.batch or (128 if args.device == "cuda" else 16)
+    args.shapes = list(SHAPES) if args.shapes == "all" else args.shapes.split(",")
+    args.dtypes = args.dtypes.split(",")
+    args.modes = args.modes.split(",")
+    args.backends = args.backends.split(",") if args.backends else None
+    for name, values, valid in (("--shapes", args.shapes, SHAPES), ("--dtypes", args.dtypes, DTYPES),
+                                ("--modes", args.modes, MODES)):
+        unknown = [v for v in values if v not in valid]
+        if unknown:
+            parser.error(f"{name}: unknown {unknown}; choose from {', '.join(valid)}")
+    if args.quick:
+        args.reps, args.min_seconds = 20, 0.2
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    rows = benchmark(args)
+    print_table(rows)
+    if not args.no_save:
+        suffix = "cpu" if args.device == "cpu" else "gpu"
+        save_csv(rows, args.out / f"spectral_gate_{suffix}.csv")
+        print(f"rows appended to {args.out / f'spectral_gate_{suffix}.csv'}")
+        if args.plot:
+            plot(rows, args.out / f"spectral_gate_{suffix}.png")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

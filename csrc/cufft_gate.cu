@@ -1,0 +1,452 @@
+// cuFFT path of the spectral gate, for token grids too large for the fused kernel.
+//
+// cuFFT's advanced layout has a single batch distance, but the B*C transforms of a
+// channels-last (B, H, W, C) tensor sit at offsets b*H*W*C + c: no single distance. So the
+// path packs x into fp32 planes (B*C, H, W) with a tiled transpose (which also converts the
+// dtype), runs one batched R2C plan, gates the half spectrum in one kernel, runs one batched
+// C2R plan and unpacks into the channels-last output:
+//   forward   pack(x) -> R2C -> gate -> C2R -> unpack(y)
+//   backward  pack(x) -> R2C -> X,  pack(dy) -> R2C -> D,
+//             one kernel: dK = c_k/(HW) sum_b conj(X) D (b in order), G = D conj(K)/(HW),
+//             C2R(G) -> unpack(dx)
+// Transforms are unnormalised; the two ortho factors are the 1/(HW) applied in the gate.
+//
+// CPU irfft2 semantics: the inverse along W ignores the imaginary parts of the DC and (W
+// even) Nyquist columns *after* the inverse along H. For those columns, Re(ifft_H(Y)) is
+// the ifft_H of the Hermitian part (Y[h] + conj(Y[-h])) / 2, so the gate writes that part:
+// the C2R input is then exactly Hermitian where it must be, and any correct C2R (cuFFT's
+// included, whatever it does with non-Hermitian input) returns the CPU result.
+#include <cufft.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+
+#include "common.cuh"
+
+namespace spectformer {
+namespace {
+
+const char* cufft_result_name(cufftResult r) {
+  switch (r) {
+    case CUFFT_SUCCESS: return "CUFFT_SUCCESS";
+    case CUFFT_INVALID_PLAN: return "CUFFT_INVALID_PLAN";
+    case CUFFT_ALLOC_FAILED: return "CUFFT_ALLOC_FAILED";
+    case CUFFT_INVALID_TYPE: return "CUFFT_INVALID_TYPE";
+    case CUFFT_INVALID_VALUE: return "CUFFT_INVALID_VALUE";
+    case CUFFT_INTERNAL_ERROR: return "CUFFT_INTERNAL_ERROR";
+    case CUFFT_EXEC_FAILED: return "CUFFT_EXEC_FAILED";
+    case CUFFT_SETUP_FAILED: return "CUFFT_SETUP_FAILED";
+    case CUFFT_INVALID_SIZE: return "CUFFT_INVALID_SIZE";
+    case CUFFT_UNALIGNED_DATA: return "CUFFT_UNALIGNED_DATA";
+    case CUFFT_INVALID_DEVICE: return "CUFFT_INVALID_DEVICE";
+    case CUFFT_NO_WORKSPACE: return "CUFFT_NO_WORKSPACE";
+    case CUFFT_NOT_IMPLEMENTED: return "CUFFT_NOT_IMPLEMENTED";
+    case CUFFT_NOT_SUPPORTED: return "CUFFT_NOT_SUPPORTED";
+    default: return "unknown cufftResult";
+  }
+}
+
+#define SPECTFORMER_CUFFT_TRY(call)                                                    \
+  do {                                                                                 \
+    const cufftResult result_ = (call);                                                \
+    if (result_ != CUFFT_SUCCESS) {                                                    \
+      return ::spectformer::Status(#call " failed: ") + cufft_result_name(result_) +   \
+             " (" + std::to_string(static_cast<int>(result_)) + ")";                   \
+    }                                                                                  \
+  } while (0)
+
+constexpr int kTile = 32;      // transpose tile edge
+constexpr int kTileRows = 8;   // threads per tile column: (32, 8) blocks
+constexpr int kThreads = 256;  // elementwise kernels
+
+// planes[(b*C + c)*HW + p] = x[b, p / W, p % W, c] for one b per grid.z slice: a
+// (HW, C) -> (C, HW) transpose through a padded shared tile, converting to fp32.
+template <typename T>
+__global__ void pack_kernel(const T* __restrict__ x, Strides4 xs, float* __restrict__ planes,
+                            int64_t B, int H, int W, int C) {
+  __shared__ float tile[kTile][kTile + 1];
+  const int HW = H * W;
+  const int c_base = blockIdx.x * kTile;
+  const int p_base = blockIdx.y * kTile;
+  for (int64_t b = blockIdx.z; b < B; b += gridDim.z) {
+    for (int r = threadIdx.y; r < kTile; r += kTileRows) {
+      const int p = p_base + r;
+      const int c = c_base + threadIdx.x;
+      if (p < HW && c < C) {
+        tile[r][threadIdx.x] = to_float(x[b * xs.b + (p / W) * xs.h + (p % W) * xs.w + c * xs.c]);
+      }
+    }
+    __syncthreads();
+    for (int r = threadIdx.y; r < kTile; r += kTileRows) {
+      const int c = c_base + r;
+      const int p = p_base + threadIdx.x;
+      if (p < HW && c < C) planes[(b * C + c) * HW + p] = tile[threadIdx.x][r];
+    }
+    __syncthreads();
+  }
+}
+
+// out[b, p, c] (contiguous channels-last) = planes[(b*C + c)*HW + p], converted to T.
+template <typename T>
+__global__ void unpack_kernel(const float* __restrict__ planes, T* __restrict__ out, int64_t B,
+                              int HW, int C) {
+  __shared__ float tile[kTile][kTile + 1];
+  const int c_base = blockIdx.x * kTile;
+  const int p_base = blockIdx.y * kTile;
+  for (int64_t b = blockIdx.z; b < B; b += gridDim.z) {
+    for (int r = threadIdx.y; r < kTile; r += kTileRows) {
+      const int c = c_base + r;
+      const int p = p_base + threadIdx.x;
+      if (p < HW && c < C) tile[r][threadIdx.x] = planes[(b * C + c) * HW + p];
+    }
+    __syncthreads();
+    for (int r = threadIdx.y; r < kTile; r += kTileRows) {
+      const int p = p_base + r;
+      const int c = c_base + threadIdx.x;
+      if (p < HW && c < C) out[(b * HW + p) * C + c] = from_float<T>(tile[threadIdx.x][r]);
+    }
+    __syncthreads();
+  }
+}
+
+__device__ __forceinline__ float2 cmul(float2 a, float2 b) {
+  return make_float2(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
+}
+
+__device__ __forceinline__ float2 conj(float2 a) { return make_float2(a.x, -a.y); }
+
+__device__ __forceinline__ bool is_self_conjugate_bin(int k, int W) {
+  return k == 0 || 2 * k == W;
+}
+
+// K[h, k, c] (conjugated for the backward) from the (H, Wk, C, 2) weight.
+__device__ __forceinline__ float2 load_gate(const float* weight, int h, int k, int c, int Wk,
+                                            int C, bool conjugate) {
+  const float* p = weight + ((static_cast<int64_t>(h) * Wk + k) * C + c) * 2;
+  return make_float2(p[0], conjugate ? -p[1] : p[1]);
+}
+
+// out[h, k] = spec[h, k] * K[h, k] * scale for one (b, c) plane of the half spectrum
+// (H, Wk), with the DC/Nyquist columns replaced by their Hermitian part along H.
+__device__ __forceinline__ float2 gated_bin(const float2* plane, const float* weight, int h,
+                                            int k, int c, int H, int W, int C, float scale,
+                                            bool conjugate) {
+  const int Wk = W / 2 + 1;
+  float2 v = cmul(plane[h * Wk + k], load_gate(weight, h, k, c, Wk, C, conjugate));
+  if (is_self_conjugate_bin(k, W)) {
+    const int hn = h == 0 ? 0 : H - h;
+    const float2 mirror = cmul(plane[hn * Wk + k], load_gate(weight, hn, k, c, Wk, C, conjugate));
+    v = make_float2(0.5f * (v.x + mirror.x), 0.5f * (v.y - mirror.y));
+  }
+  return make_float2(v.x * scale, v.y * scale);
+}
+
+// One thread per spectrum bin of all B*C planes.
+__global__ void gate_forward_kernel(const float2* __restrict__ spec, const float* __restrict__ weight,
+                                    float2* __restrict__ out, int64_t planes, int H, int W, int C,
+                                    float scale) {
+  const int Wk = W / 2 + 1;
+  const int64_t per_plane = static_cast<int64_t>(H) * Wk;
+  const int64_t n = planes * per_plane;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t plane = i / per_plane;
+    const int hk = static_cast<int>(i - plane * per_plane);
+    const int h = hk / Wk;
+    const int k = hk % Wk;
+    const int c = static_cast<int>(plane % C);
+    out[i] = gated_bin(spec + plane * per_plane, weight, h, k, c, H, W, C, scale, false);
+  }
+}
+
+// One thread per (c, h, k), walking b in order: dK[h, k, c] and G for every b.
+// out may alias x_spec (not restrict-qualified for that reason).
+__global__ void gate_backward_kernel(const float2* x_spec, const float2* __restrict__ dy_spec,
+                                     const float* __restrict__ weight, float2* out,
+                                     float* __restrict__ grad_weight, int64_t B, int H, int W,
+                                     int C, float scale) {
+  const int Wk = W / 2 + 1;
+  const int64_t per_plane = static_cast<int64_t>(H) * Wk;
+  const int64_t n = per_plane * C;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(i / per_plane);
+    const int hk = static_cast<int>(i - c * per_plane);
+    const int h = hk / Wk;
+    const int k = hk % Wk;
+    float2 acc = make_float2(0.f, 0.f);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t plane = (b * C + c) * per_plane;
+      const float2 prod = cmul(conj(x_spec[plane + hk]), dy_spec[plane + hk]);
+      acc.x += prod.x;
+      acc.y += prod.y;
+      out[plane + hk] = gated_bin(dy_spec + plane, weight, h, k, c, H, W, C, scale, true);
+    }
+    const float ck = is_self_conjugate_bin(k, W) ? scale : 2.f * scale;
+    float* g = grad_weight + ((static_cast<int64_t>(h) * Wk + k) * C + c) * 2;
+    g[0] = ck * acc.x;
+    g[1] = ck * acc.y;
+  }
+}
+
+// ---- plans ----------------------------------------------------------------------------
+
+// One R2C and one C2R plan for B*C planes of (H, W), without their own work area (the
+// caller passes one from its allocator). exec_mutex serialises set-stream/set-work-area/exec
+// on the plan, which cuFFT requires when host threads share a plan.
+struct PlanPair {
+  cufftHandle r2c = 0, c2r = 0;
+  bool has_r2c = false, has_c2r = false;
+  size_t work_bytes = 0;
+  std::mutex exec_mutex;
+  ~PlanPair() {
+    // Destroying a plan while the process exits may find the driver gone; nothing to report.
+    if (has_r2c) cufftDestroy(r2c);
+    if (has_c2r) cufftDestroy(c2r);
+  }
+};
+
+using PlanKey = std::tuple<int, int64_t, int64_t, int64_t>;  // device, planes, H, W
+
+std::mutex cache_mutex;
+std::map<PlanKey, std::unique_ptr<PlanPair>>& plan_cache() {
+  static auto* cache = new std::map<PlanKey, std::unique_ptr<PlanPair>>();
+  return *cache;
+}
+
+Status make_plan(cufftHandle* plan, bool* created, cufftType type, int64_t planes, int64_t H,
+                 int64_t W, size_t* work_bytes) {
+  SPECTFORMER_CUFFT_TRY(cufftCreate(plan));
+  *created = true;
+  SPECTFORMER_CUFFT_TRY(cufftSetAutoAllocation(*plan, 0));
+  long long n[2] = {H, W};
+  SPECTFORMER_CUFFT_TRY(cufftMakePlanMany64(*plan, 2, n, nullptr, 1, 0, nullptr, 1, 0, type,
+                                            planes, work_bytes));
+  return Status();
+}
+
+// The cached plans for this shape on the current device, created on first use.
+Status get_plans(int64_t planes, int64_t H, int64_t W, PlanPair** out) {
+  int device = 0;
+  SPECTFORMER_CUDA_TRY(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto& cache = plan_cache();
+  const PlanKey key{device, planes, H, W};
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    auto plans = std::make_unique<PlanPair>();
+    size_t r2c_bytes = 0, c2r_bytes = 0;
+    Status s = make_plan(&plans->r2c, &plans->has_r2c, CUFFT_R2C, planes, H, W, &r2c_bytes);
+    if (s.empty()) {
+      s = make_plan(&plans->c2r, &plans->has_c2r, CUFFT_C2R, planes, H, W, &c2r_bytes);
+    }
+    if (!s.empty()) return "creating the cuFFT plans: " + s;
+    plans->work_bytes = std::max(r2c_bytes, c2r_bytes);
+    it = cache.emplace(key, std::move(plans)).first;
+  }
+  *out = it->second.get();
+  return Status();
+}
+
+Status exec_r2c(PlanPair* plans, float* in, float2* out, void* work, cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(plans->exec_mutex);
+  SPECTFORMER_CUFFT_TRY(cufftSetStream(plans->r2c, stream));
+  SPECTFORMER_CUFFT_TRY(cufftSetWorkArea(plans->r2c, work));
+  SPECTFORMER_CUFFT_TRY(cufftExecR2C(plans->r2c, in, reinterpret_cast<cufftComplex*>(out)));
+  return Status();
+}
+
+// Note: an out-of-place multi-dimensional C2R overwrites its input.
+Status exec_c2r(PlanPair* plans, float2* in, float* out, void* work, cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(plans->exec_mutex);
+  SPECTFORMER_CUFFT_TRY(cufftSetStream(plans->c2r, stream));
+  SPECTFORMER_CUFFT_TRY(cufftSetWorkArea(plans->c2r, work));
+  SPECTFORMER_CUFFT_TRY(cufftExecC2R(plans->c2r, reinterpret_cast<cufftComplex*>(in), out));
+  return Status();
+}
+
+// ---- scratch layout -----------------------------------------------------------------------
+
+constexpr size_t kAlign = 256;
+size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+struct Scratch {
+  float* planes;    // (B*C, H, W) fp32
+  float2* spec_a;   // (B*C, H, Wk) complex
+  float2* spec_b;   // (B*C, H, Wk) complex
+  void* work;       // cuFFT work area
+};
+
+size_t planes_bytes(const GateShape& s) {
+  return aligned(static_cast<size_t>(s.batch * s.channels * s.height * s.width) * sizeof(float));
+}
+size_t spec_bytes(const GateShape& s) {
+  return aligned(static_cast<size_t>(s.batch * s.channels * s.height * s.half_width()) *
+                 sizeof(float2));
+}
+
+// Both directions use planes + two spectra + the work area.
+size_t scratch_bytes(const GateShape& s, const PlanPair& plans) {
+  return planes_bytes(s) + 2 * spec_bytes(s) + aligned(plans.work_bytes);
+}
+
+Scratch carve(const GateShape& s, void* workspace) {
+  char* p = static_cast<char*>(workspace);
+  Scratch sc;
+  sc.planes = reinterpret_cast<float*>(p);
+  p += planes_bytes(s);
+  sc.spec_a = reinterpret_cast<float2*>(p);
+  p += spec_bytes(s);
+  sc.spec_b = reinterpret_cast<float2*>(p);
+  p += spec_bytes(s);
+  sc.work = p;
+  return sc;
+}
+
+Status validate_workspace(const GateShape& s, PlanPair* plans, void* workspace, size_t bytes) {
+  const size_t needed = scratch_bytes(s, *plans);
+  if (workspace == nullptr || bytes < needed) {
+    return "cuFFT path: workspace of " + std::to_string(bytes) + " bytes given, " +
+           std::to_string(needed) + " needed";
+  }
+  if (reinterpret_cast<uintptr_t>(workspace) % kAlign != 0) {
+    return "cuFFT path: workspace must be 256-byte aligned";
+  }
+  return Status();
+}
+
+dim3 transpose_grid(const GateShape& s) {
+  const int64_t hw = s.height * s.width;
+  return dim3(static_cast<unsigned>((s.channels + kTile - 1) / kTile),
+              static_cast<unsigned>((hw + kTile - 1) / kTile),
+              static_cast<unsigned>(std::min<int64_t>(s.batch, 65535)));
+}
+
+unsigned elementwise_blocks(int64_t n) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535)));
+}
+
+template <typename T>
+Status pack(const GateShape& s, const void* src, Strides4 st, float* planes, cudaStream_t stream) {
+  pack_kernel<T><<<transpose_grid(s), dim3(kTile, kTileRows), 0, stream>>>(
+      static_cast<const T*>(src), st, planes, s.batch, static_cast<int>(s.height),
+      static_cast<int>(s.width), static_cast<int>(s.channels));
+  SPECTFORMER_LAUNCH_CHECK("pack_kernel");
+  return Status();
+}
+
+template <typename T>
+Status unpack(const GateShape& s, const float* planes, void* dst, cudaStream_t stream) {
+  unpack_kernel<T><<<transpose_grid(s), dim3(kTile, kTileRows), 0, stream>>>(
+      planes, static_cast<T*>(dst), s.batch, static_cast<int>(s.height * s.width),
+      static_cast<int>(s.channels));
+  SPECTFORMER_LAUNCH_CHECK("unpack_kernel");
+  return Status();
+}
+
+// Shapes the int32 indexing inside one plane / one weight row can take.
+Status check_sizes(const GateShape& s) {
+  if (s.height < 1 || s.width < 1 || s.channels < 1 || s.batch < 0) {
+    return "cuFFT path needs H, W, C >= 1 and B >= 0";
+  }
+  if (s.height * s.width > (int64_t{1} << 30) || s.channels > (int64_t{1} << 30)) {
+    return "cuFFT path: H*W and C must each be below 2^30";
+  }
+  return Status();
+}
+
+#define SPECTFORMER_RETURN_IF_ERROR(expr) \
+  do {                                    \
+    ::spectformer::Status status_ = (expr); \
+    if (!status_.empty()) return status_; \
+  } while (0)
+
+template <typename T>
+Status forward_impl(const GateShape& s, const void* x, Strides4 xs, const float* weight, void* y,
+                    void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  PlanPair* plans = nullptr;
+  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, &plans));
+  SPECTFORMER_RETURN_IF_ERROR(validate_workspace(s, plans, workspace, workspace_bytes));
+  const Scratch sc = carve(s, workspace);
+  const int64_t bins = s.batch * s.channels * s.height * s.half_width();
+  const float scale = 1.f / static_cast<float>(s.height * s.width);
+
+  SPECTFORMER_RETURN_IF_ERROR(pack<T>(s, x, xs, sc.planes, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans, sc.planes, sc.spec_a, sc.work, stream));
+  gate_forward_kernel<<<elementwise_blocks(bins), kThreads, 0, stream>>>(
+      sc.spec_a, weight, sc.spec_b, s.batch * s.channels, static_cast<int>(s.height),
+      static_cast<int>(s.width), static_cast<int>(s.channels), scale);
+  SPECTFORMER_LAUNCH_CHECK("gate_forward_kernel");
+  SPECTFORMER_RETURN_IF_ERROR(exec_c2r(plans, sc.spec_b, sc.planes, sc.work, stream));
+  return unpack<T>(s, sc.planes, y, stream);
+}
+
+template <typename T>
+Status backward_impl(const GateShape& s, const void* grad_y, Strides4 gs, const void* x,
+                     Strides4 xs, const float* weight, void* grad_x, float* grad_weight,
+                     void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  PlanPair* plans = nullptr;
+  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, &plans));
+  SPECTFORMER_RETURN_IF_ERROR(validate_workspace(s, plans, workspace, workspace_bytes));
+  const Scratch sc = carve(s, workspace);
+  const int64_t weight_bins = s.channels * s.height * s.half_width();
+  const float scale = 1.f / static_cast<float>(s.height * s.width);
+
+  SPECTFORMER_RETURN_IF_ERROR(pack<T>(s, x, xs, sc.planes, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans, sc.planes, sc.spec_a, sc.work, stream));
+  SPECTFORMER_RETURN_IF_ERROR(pack<T>(s, grad_y, gs, sc.planes, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans, sc.planes, sc.spec_b, sc.work, stream));
+  // G overwrites X in place: each bin of X is read (for dK) by the thread that writes it.
+  gate_backward_kernel<<<elementwise_blocks(weight_bins), kThreads, 0, stream>>>(
+      sc.spec_a, sc.spec_b, weight, sc.spec_a, grad_weight, s.batch, static_cast<int>(s.height),
+      static_cast<int>(s.width), static_cast<int>(s.channels), scale);
+  SPECTFORMER_LAUNCH_CHECK("gate_backward_kernel");
+  SPECTFORMER_RETURN_IF_ERROR(exec_c2r(plans, sc.spec_a, sc.planes, sc.work, stream));
+  return unpack<T>(s, sc.planes, grad_x, stream);
+}
+
+}  // namespace
+
+Status cufft_forward_workspace_bytes(const GateShape& s, size_t* bytes) {
+  SPECTFORMER_RETURN_IF_ERROR(check_sizes(s));
+  *bytes = 0;
+  if (s.batch == 0) return Status();
+  PlanPair* plans = nullptr;
+  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, &plans));
+  *bytes = scratch_bytes(s, *plans);
+  return Status();
+}
+
+Status cufft_backward_workspace_bytes(const GateShape& s, size_t* bytes) {
+  return cufft_forward_workspace_bytes(s, bytes);
+}
+
+Status cufft_forward(const GateShape& s, ScalarType dtype, const void* x, Strides4 xs,
+                     const float* weight, void* y, void* workspace, size_t workspace_bytes,
+                     cudaStream_t stream) {
+  SPECTFORMER_RETURN_IF_ERROR(check_sizes(s));
+  if (s.batch == 0) return Status();
+  SPECTFORMER_DISPATCH_DTYPE(dtype, T, [&]() -> Status {
+    return forward_impl<T>(s, x, xs, weight, y, workspace, workspace_bytes, stream);
+  });
+}
+
+Status cufft_backward(const GateShape& s, ScalarType dtype, const void* grad_y, Strides4 gs,
+                      const void* x, Strides4 xs, const float* weight, void* grad_x,
+                      float* grad_weight, void* workspace, size_t workspace_bytes,
+                      cudaStream_t stream) {
+  SPECTFORMER_RETURN_IF_ERROR(check_sizes(s));
+  if (s.batch == 0) {
+    SPECTFORMER_CUDA_TRY(cudaMemsetAsync(
+        grad_weight, 0, s.height * s.half_width() * s.channels * 2 * sizeof(float), stream));
+    return Status();
+  }
+  SPECTFORMER_DISPATCH_DTYPE(dtype, T, [&]() -> Status {
+    return backward_impl<T>(s, grad_y, gs, x, xs, weight, grad_x, grad_weight, workspace,
+                            workspace_bytes, stream);
+  });
+}
+
+}  // namespace spectformer

@@ -1,0 +1,73 @@
+// Plain CUDA C++ interface of the spectral gate kernels (no torch types).
+//
+// The op, per batch element and channel of a channels-last x (B, H, W, C):
+//     y = irfft2(rfft2(x, norm="ortho") * K, s=(H, W), norm="ortho")
+// with CPU irfft semantics (the imaginary parts of the DC and, W even, Nyquist bins of
+// the H-inverse are ignored). K is fp32 (H, W/2+1, C, 2), contiguous, (real, imag) last.
+// x may have any element strides; every output is contiguous. Computation is in fp32.
+//
+// Two implementations:
+//   fused  one kernel per direction: a tile of channels in shared memory, DFT as sums
+//          over small twiddle tables, gate, inverse, store (H, W <= kFusedMaxSize).
+//   cufft  one batched R2C and one C2R plan with the gate in a small kernel between.
+//
+// Every function returns an empty Status on success, else a sentence saying what failed.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace spectformer {
+
+using Status = std::string;
+
+enum class ScalarType { kFloat32, kBFloat16, kFloat16 };
+
+struct GateShape {
+  int64_t batch, height, width, channels;
+  int64_t half_width() const { return width / 2 + 1; }
+};
+
+// Element strides of a (B, H, W, C) tensor.
+struct Strides4 {
+  int64_t b, h, w, c;
+};
+
+// ---- fused path ------------------------------------------------------------------
+// Largest H and W the fused kernels accept (size of their twiddle tables).
+constexpr int kFusedMaxSize = 64;
+
+bool fused_supports(const GateShape& shape);
+
+// max_shared_bytes: the device's opt-in shared memory per block.
+Status fused_forward(const GateShape& shape, ScalarType dtype, const void* x, Strides4 x_strides,
+                     const float* weight, void* y, int max_shared_bytes, cudaStream_t stream);
+
+// Scratch bytes fused_backward needs (per-chunk partial sums of dK).
+size_t fused_backward_workspace_bytes(const GateShape& shape, int num_sms,
+                                      int max_shared_bytes);
+
+Status fused_backward(const GateShape& shape, ScalarType dtype, const void* grad_y,
+                      Strides4 grad_y_strides, const void* x, Strides4 x_strides,
+                      const float* weight, void* grad_x, float* grad_weight, void* workspace,
+                      int num_sms, int max_shared_bytes, cudaStream_t stream);
+
+// ---- cuFFT path ------------------------------------------------------------------
+// Scratch bytes (packed planes, spectra and the cuFFT work area). Creates and caches the
+// plans for this shape on the current device, so call it with the target device current.
+Status cufft_forward_workspace_bytes(const GateShape& shape, size_t* bytes);
+Status cufft_backward_workspace_bytes(const GateShape& shape, size_t* bytes);
+
+Status cufft_forward(const GateShape& shape, ScalarType dtype, const void* x, Strides4 x_strides,
+                     const float* weight, void* y, void* workspace, size_t workspace_bytes,
+                     cudaStream_t stream);
+
+Status cufft_backward(const GateShape& shape, ScalarType dtype, const void* grad_y,
+                      Strides4 grad_y_strides, const void* x, Strides4 x_strides,
+                      const float* weight, void* grad_x, float* grad_weight, void* workspace,
+                      size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace spectformer

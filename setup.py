@@ -1,0 +1,115 @@
+"""Builds the optional CUDA extension ``spectformer_kernels._C`` from ``csrc/``.
+
+Package metadata lives in pyproject.toml; this file only adds the extension. Switches:
+
+    SPECTFORMER_BUILD_CUDA=0     never build it (pure-Python install)
+    SPECTFORMER_BUILD_CUDA=1     build it, and fail if that is impossible
+    (unset)                      build it when a CUDA toolkit (nvcc) and a CUDA build of
+                                 torch are both present; otherwise install without it
+    TORCH_CUDA_ARCH_LIST         target architectures (default "8.0;9.0+PTX")
+    MAX_JOBS                     parallel compile jobs (default: bounded by CPUs and memory)
+
+Install with the environment's own torch: ``pip install --no-build-isolation -e .``.
+Without the extension the ``cuda`` backend is simply absent from ``available_backends()``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+GIB_PER_COMPILE_JOB = 3  # peak resident memory of one nvcc/cicc job on these sources, rounded up
+
+
+def _log(message: str) -> None:
+    print(f"spectformer setup: {message}", file=sys.stderr)
+
+
+def _load_cufft_paths():
+    spec = importlib.util.spec_from_file_location("cufft_paths", CSRC / "cufft_paths.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _why_no_cuda_build():
+    """None when the extension can be built here, else the reason it cannot."""
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME
+    except ImportError:
+        return "torch is not importable in the build environment (use --no-build-isolation)"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not a CUDA build"
+    if CUDA_HOME is None or not (Path(CUDA_HOME) / "bin" / "nvcc").exists():
+        return "no CUDA toolkit found (set CUDA_HOME to a folder with bin/nvcc)"
+    location = _load_cufft_paths().find_cufft(CUDA_HOME)
+    if location is None or location.library_dir is None:
+        return "no cuFFT headers and library found (CUDA toolkit or the nvidia-cufft wheel)"
+    return None
+
+
+def _bounded_max_jobs() -> str:
+    cpus = os.cpu_count() or 1
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        mem_gib = GIB_PER_COMPILE_JOB
+    return str(max(1, min(cpus, int(mem_gib // GIB_PER_COMPILE_JOB))))
+
+
+def _cuda_extension():
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+
+    cufft = _load_cufft_paths().find_cufft(CUDA_HOME)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    os.environ.setdefault("MAX_JOBS", _bounded_max_jobs())
+    _log(
+        f"building spectformer_kernels._C for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} "
+        f"with MAX_JOBS={os.environ['MAX_JOBS']}, cuFFT from {cufft.include_dir}"
+    )
+    # Link the exact library file (wheels ship only libcufft.so.N, no libcufft.so), and
+    # record its folder as an rpath for processes that have not loaded cuFFT through torch.
+    link_args = [f"-L{cufft.library_dir}", f"-l:{cufft.library_file}", f"-Wl,-rpath,{cufft.library_dir}"]
+    extension = CUDAExtension(
+        name="spectformer_kernels._C",
+        sources=[
+            "csrc/binding.cpp",
+            "csrc/fused_dft.cu",
+            "csrc/cufft_gate.cu",
+        ],
+        include_dirs=[str(CSRC), str(cufft.include_dir)],
+        extra_compile_args={
+            "cxx": ["-O3", "-std=c++17"],
+            "nvcc": ["-O3", "-std=c++17", "-lineinfo"],
+        },
+        extra_link_args=link_args,
+    )
+    return [extension], {"build_ext": BuildExtension}
+
+
+def _extension_setup_args() -> dict:
+    switch = os.environ.get("SPECTFORMER_BUILD_CUDA", "").strip()
+    if switch not in ("", "0", "1"):
+        raise SystemExit(f"SPECTFORMER_BUILD_CUDA must be 0, 1 or unset, got {switch!r}")
+    if switch == "0":
+        _log("SPECTFORMER_BUILD_CUDA=0: not building the CUDA extension")
+        return {}
+    reason = _why_no_cuda_build()
+    if reason is not None:
+        if switch == "1":
+            raise SystemExit(f"SPECTFORMER_BUILD_CUDA=1 but the CUDA extension cannot be built: {reason}")
+        _log(f"not building the CUDA extension: {reason}")
+        return {}
+    ext_modules, cmdclass = _cuda_extension()
+    return {"ext_modules": ext_modules, "cmdclass": cmdclass}
+
+
+setup(**_extension_setup_args())

@@ -1,0 +1,130 @@
+"""The ``cuda`` backend: the compiled extension ``spectformer_kernels._C`` (sources in ``csrc/``).
+
+Two implementations live in the extension:
+
+* ``fused``: one kernel per direction for grids up to 64x64 (a tile of channels in shared
+  memory, the DFTs as sums over twiddle tables, gate, inverse; ``x`` read once, ``y`` written
+  once; ``dK`` summed over fixed batch chunks in a fixed order, so it is bitwise
+  reproducible).
+* ``cufft``: one batched R2C and one C2R cuFFT plan (cached per shape and device) with the
+  gate in one kernel between them, plus transposing pack/unpack kernels for the
+  channels-last layout.
+
+The ``cuda`` backend picks one per shape (``cuda_path``); ``cuda_fused`` and ``cuda_cufft``
+force one, so benchmarks and tests can see each on its own. The extension registers its
+own low-level ops ``torch.ops.spectformer_cuda.spectral_gate_forward/backward`` (CUDA and
+Meta kernels, no autograd); these functions call them from inside the public
+``spectformer::spectral_gate`` op, which keeps the one public schema, its fake kernel and
+its autograd formula.
+
+Without the built extension (CPU-only installs) this module still imports; the three
+backends then report why they are unavailable.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import torch
+
+from .backends import Backend, Reason, register_backend
+
+_EXTENSION = f"{__package__}._C"
+try:
+    # Importing it registers torch.ops.spectformer_cuda.
+    _C = importlib.import_module(_EXTENSION)
+except ModuleNotFoundError as error:
+    if error.name != _EXTENSION:
+        raise
+    _C = None
+    _LOAD_ERROR: Optional[str] = (
+        f"the compiled extension {_EXTENSION} is not built (building it needs a CUDA toolkit "
+        "and a CUDA build of torch at install time)"
+    )
+except (ImportError, OSError) as error:  # built, but it or its CUDA libraries do not load
+    _C = None
+    _LOAD_ERROR = f"the compiled extension {_EXTENSION} does not load: {type(error).__name__}: {error}"
+else:
+    _LOAD_ERROR = None
+
+# Largest H and W the fused kernels take (their twiddle tables), mirrored from the extension.
+FUSED_MAX_SIZE = 64 if _C is None else int(_C.fused_max_size)
+
+# ``cuda`` uses the fused kernel up to this side, cuFFT above. Pre-measurement rule from
+# a cost model: the fused kernel moves the floor's bytes but does O(H + W) FMAs per element
+# on CUDA cores, the cuFFT path does O(log HW) flops but moves ~5x the floor's bytes
+# (pack, R2C, gate, C2R, unpack); the crossover is estimated between 28 and 56. To be
+# replaced by the GPU benchmark (benchmarks/results).
+FUSED_MAX_SIDE_FOR_AUTO = 32
+
+X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def cuda_path(height: int, width: int) -> str:
+    """The implementation the ``cuda`` backend runs for an ``(H, W)`` grid."""
+    return "fused" if max(height, width) <= FUSED_MAX_SIDE_FOR_AUTO else "cufft"
+
+
+def availability() -> Reason:
+    if _C is None:
+        return _LOAD_ERROR
+    if not torch.cuda.is_available():
+        return "no CUDA device is available"
+    return None
+
+
+def supports(x: torch.Tensor, weight: torch.Tensor) -> Reason:
+    if x.device.type != "cuda":
+        return f"it runs on CUDA tensors, x is on {x.device}"
+    if x.dtype not in X_DTYPES:
+        return f"it takes float32, bfloat16 or float16 x, got {x.dtype}"
+    return None
+
+
+def supports_fused(x: torch.Tensor, weight: torch.Tensor) -> Reason:
+    reason = supports(x, weight)
+    if reason is None and max(x.shape[1], x.shape[2]) > FUSED_MAX_SIZE:
+        reason = f"the fused kernel takes H, W <= {FUSED_MAX_SIZE}, got {x.shape[1]}x{x.shape[2]}"
+    return reason
+
+
+def _forward(x: torch.Tensor, weight: torch.Tensor, path: str) -> torch.Tensor:
+    # The kernels take the filter in fp32 (it is tiny); other weight dtypes are cast.
+    return torch.ops.spectformer_cuda.spectral_gate_forward(x, weight.float(), path)
+
+
+def _backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, path: str):
+    grad_x, grad_weight = torch.ops.spectformer_cuda.spectral_gate_backward(
+        grad_y.to(x.dtype), x, weight.float(), path
+    )
+    return grad_x, grad_weight.to(weight.dtype)
+
+
+def spectral_gate_cuda(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return _forward(x, weight, cuda_path(x.shape[1], x.shape[2]))
+
+
+def spectral_gate_cuda_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
+    return _backward(grad_y, x, weight, cuda_path(x.shape[1], x.shape[2]))
+
+
+register_backend(Backend(
+    "cuda", spectral_gate_cuda, spectral_gate_cuda_backward,
+    "CUDA C++ extension: fused in-kernel DFT for small grids, cuFFT with a fused gate above",
+    availability, supports,
+))
+register_backend(Backend(
+    "cuda_fused",
+    lambda x, weight: _forward(x, weight, "fused"),
+    lambda grad_y, x, weight: _backward(grad_y, x, weight, "fused"),
+    "CUDA C++ extension, fused in-kernel DFT path only (H, W <= 64)",
+    availability, supports_fused,
+))
+register_backend(Backend(
+    "cuda_cufft",
+    lambda x, weight: _forward(x, weight, "cufft"),
+    lambda grad_y, x, weight: _backward(grad_y, x, weight, "cufft"),
+    "CUDA C++ extension, cuFFT R2C -> gate kernel -> C2R path only",
+    availability, supports,
+))

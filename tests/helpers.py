@@ -1,0 +1,31 @@
+"""Shared test utilities: fresh random inputs, relative error, the accuracy bars."""
+
+from __future__ import annotations
+
+import secrets
+
+import torch
+
+# DESIGN section 4: relative error against the float64 oracle.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float64: 1e-12}
+
+
+def fresh_seed() -> int:
+    """A new seed every run (never the same inputs twice); printed in failure messages."""
+    return secrets.randbits(31)
+
+
+def make_inputs(shape, dtype=torch.float32, device="cpu", seed=None):
+    """Random ``x``, ``weight`` (fp32, GFNet-like scale and unit scale mixed) and ``grad_y``."""
+    b, h, w, c = shape
+    gen = torch.Generator().manual_seed(fresh_seed() if seed is None else seed)
+    x = torch.randn(b, h, w, c, generator=gen).to(device=device, dtype=dtype)
+    weight = torch.randn(h, w // 2 + 1, c, 2, generator=gen).to(device)
+    grad = torch.randn(b, h, w, c, generator=gen).to(device=device, dtype=dtype)
+    return x, weight, grad
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual = actual.detach().to("cpu", torch.float64)
+    expected = expected.detach().to("cpu", torch.float64)
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()

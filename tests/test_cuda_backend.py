@@ -1,0 +1,326 @@
+"""The ``cuda`` backends (compiled extension ``spectformer_kernels._C``).
+
+Anywhere: the CUDA sources that do not include torch compile with ``nvcc`` for sm_90 (cuFFT
+headers from the ``nvidia-cufft`` wheel when the toolkit has none); the backends import and
+say why they are unavailable; the algebra the cuFFT gate kernel implements matches the
+oracle. On a GPU with the extension built: every path against the float64 oracle, with
+poisoned outputs, strided inputs and bitwise-reproducible ``dK``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import spectformer_kernels as sk
+from helpers import TOLERANCE, fresh_seed, make_inputs, rel_err
+from spectformer_kernels import cuda_backend, oracle, spectral_gate
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+CUDA_BACKENDS = ["cuda", "cuda_fused", "cuda_cufft"]
+
+
+# ---- compile checks (no GPU, no CUDA torch needed) -------------------------------------------
+
+
+def _nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").exists():
+            return str(Path(home) / "bin" / "nvcc")
+    return None
+
+
+def _cufft_include() -> Path | None:
+    spec = importlib.util.spec_from_file_location("cufft_paths", CSRC / "cufft_paths.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    nvcc = _nvcc()
+    location = module.find_cufft(str(Path(nvcc).resolve().parent.parent) if nvcc else None)
+    return None if location is None else location.include_dir
+
+
+def _includes(source: Path) -> list[str]:
+    return re.findall(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', source.read_text(), re.M)
+
+
+CUDA_SOURCES = sorted(CSRC.glob("*.cu"))
+
+
+def test_kernel_sources_are_torch_free():
+    """Kernels and launchers are plain CUDA C++; torch appears only in the binding."""
+    assert CUDA_SOURCES, "no .cu files found in csrc/"
+    for source in CUDA_SOURCES + sorted(CSRC.glob("*.cuh")) + sorted(CSRC.glob("*.h")):
+        torch_headers = [h for h in _includes(source) if h.split("/")[0] in ("torch", "ATen", "c10")]
+        assert not torch_headers, f"{source.name} includes torch headers {torch_headers}"
+
+
+@pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
+def test_cuda_source_compiles_for_sm90(source, tmp_path):
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (install a CUDA toolkit or set CUDA_HOME)")
+    command = [nvcc, "-arch=sm_90", "-std=c++17", "-O1", "-Werror", "all-warnings",
+               "-I", str(CSRC), "-c", str(source), "-o", str(tmp_path / "out.o")]
+    if any(h.startswith("cufft") for h in _includes(source)):
+        include = _cufft_include()
+        if include is None:
+            pytest.skip("cufft.h not found: the toolkit has none and the nvidia-cufft wheel "
+                        "(the 'test' extra) is not installed")
+        command[1:1] = ["-I", str(include)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"nvcc failed on {source.name}:\n{result.stdout}{result.stderr}"
+
+
+# ---- without the extension or a GPU -----------------------------------------------------------
+
+
+def test_cuda_path_rule():
+    assert cuda_backend.cuda_path(14, 14) == "fused"
+    assert cuda_backend.cuda_path(7, 7) == "fused"
+    assert cuda_backend.cuda_path(28, 28) == "fused"
+    assert cuda_backend.cuda_path(32, 33) == "cufft"
+    assert cuda_backend.cuda_path(56, 56) == "cufft"
+
+
+def test_backends_registered_and_unavailability_explained():
+    for name in CUDA_BACKENDS:
+        assert name in sk.registered_backends()
+    reason = cuda_backend.availability()
+    if reason is None:
+        pytest.skip("the cuda backend is available here")
+    assert isinstance(reason, str) and reason
+    for name in CUDA_BACKENDS:
+        assert name not in sk.available_backends()
+    x, weight, _ = make_inputs((1, 4, 4, 2))
+    with pytest.raises(sk.BackendUnavailableError, match="cuda"):
+        spectral_gate(x, weight, backend="cuda")
+    assert spectral_gate(x, weight).shape == x.shape  # auto still works
+
+
+def test_supports_explains_why_not():
+    x, weight, _ = make_inputs((1, 4, 4, 2))
+    assert "CUDA" in cuda_backend.supports(x, weight)
+    meta = torch.empty(1, 80, 80, 2, device="meta")
+    meta_weight = torch.empty(80, 41, 2, 2, device="meta")
+    assert "CUDA" in cuda_backend.supports_fused(meta, meta_weight)
+
+
+def _hermitian_part_of_self_conjugate_columns(spec: torch.Tensor, w: int) -> torch.Tensor:
+    """What the cuFFT gate writes before C2R: DC/Nyquist columns -> (Y[h] + conj(Y[-h])) / 2."""
+    out = spec.clone()
+    h = spec.shape[1]
+    mirror = (-torch.arange(h)) % h
+    for k in [0] + ([w // 2] if w % 2 == 0 else []):
+        out[:, :, k] = (spec[:, :, k] + spec[:, mirror, k].conj()) / 2
+    return out
+
+
+def _exact_c2r(spec: torch.Tensor, w: int) -> torch.Tensor:
+    """Any correct C2R on Hermitian input: real part of the inverse of the full spectrum."""
+    b, h, wk, c = spec.shape
+    full = torch.zeros(b, h, w, c, dtype=spec.dtype)
+    full[:, :, :wk] = spec
+    mirror = (-torch.arange(h)) % h
+    for k in range(wk, w):
+        full[:, :, k] = spec[:, mirror, w - k].conj()
+    return torch.fft.ifft2(full, dim=(1, 2)).real * (h * w)  # unnormalised, like cuFFT
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 9, 3), (2, 6, 8, 2), (1, 7, 7, 4), (2, 4, 1, 3), (1, 1, 6, 2)],
+                         ids=str)
+def test_cufft_gate_algebra_matches_oracle(shape):
+    """The formulas of csrc/cufft_gate.cu (unnormalised transforms, 1/(HW) in the gate,
+    Hermitian part of the self-conjugate columns, dK = c_k/(HW) sum_b conj(X) D,
+    G = D conj(K)/(HW)) in float64 torch, against the oracle's forward and gradients."""
+    b, h, w, c = shape
+    x, weight, grad = (t.double() for t in make_inputs(shape))
+    k = torch.view_as_complex(weight.contiguous())
+    scale = 1.0 / (h * w)
+    X = torch.fft.rfft2(x, dim=(1, 2))
+    y = _exact_c2r(_hermitian_part_of_self_conjugate_columns(X * k * scale, w), w)
+    D = torch.fft.rfft2(grad, dim=(1, 2))
+    ck = torch.full((w // 2 + 1,), 2.0, dtype=torch.float64)
+    ck[0] = 1.0
+    if w % 2 == 0:
+        ck[-1] = 1.0
+    dk = (X.conj() * D).sum(0) * ck[:, None] * scale
+    dx = _exact_c2r(_hermitian_part_of_self_conjugate_columns(D * k.conj() * scale, w), w)
+    y64, gx64, gw64 = oracle(x, weight, grad)
+    assert rel_err(y, y64) < 1e-12
+    assert rel_err(dx, gx64) < 1e-12
+    assert rel_err(torch.view_as_real(dk), gw64) < 1e-12
+
+
+# ---- on a GPU, with the extension built -------------------------------------------------------
+
+needs_cuda_backend = pytest.mark.skipif(
+    cuda_backend.availability() is not None,
+    reason=f"cuda backend unavailable: {cuda_backend.availability()}",
+)
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+AWKWARD_SHAPES = [
+    (2, 1, 1, 3),
+    (3, 5, 9, 7),
+    (2, 7, 6, 5),
+    (2, 11, 4, 13),
+    (1, 1, 17, 3),
+    (1, 17, 1, 3),
+    (2, 14, 14, 33),
+    (1, 12, 16, 10),
+    (1, 28, 28, 17),
+    (2, 32, 32, 7),
+    (1, 56, 56, 9),
+    (1, 64, 64, 5),
+    (1, 65, 33, 3),
+]
+# Model shapes (DESIGN section 5) at batch 8; one full batch-128 case is marked slow.
+MODEL_SHAPES = [
+    (8, 14, 14, 384),
+    (8, 7, 7, 768),
+    (8, 28, 28, 128),
+    (8, 28, 28, 192),
+    (8, 56, 56, 64),
+    (8, 56, 56, 96),
+]
+
+
+def _usable(backend, shape):
+    _, h, w, _ = shape
+    if backend == "cuda_fused" and max(h, w) > cuda_backend.FUSED_MAX_SIZE:
+        pytest.skip(f"cuda_fused takes H, W <= {cuda_backend.FUSED_MAX_SIZE}")
+
+
+def _poison_allocator(*like: torch.Tensor):
+    """Fill freed blocks of the outputs' sizes with NaN so that the caching allocator hands
+    NaN memory to the op: an element a kernel forgets to write stays NaN."""
+    blocks = [torch.full_like(t, float("nan"), memory_format=torch.contiguous_format) for t in like]
+    del blocks
+
+
+def _run(x, weight, grad, backend):
+    x = x.clone().requires_grad_(True)
+    weight = weight.clone().requires_grad_(True)
+    _poison_allocator(x, x, weight)
+    y = spectral_gate(x, weight, backend=backend)
+    _poison_allocator(x, weight)
+    y.backward(grad)
+    torch.cuda.synchronize()
+    return y.detach(), x.grad, weight.grad
+
+
+def _check(shape, dtype, backend, seed, transform=lambda t: t):
+    _usable(backend, shape)
+    x, weight, grad = make_inputs(shape, dtype, device="cuda", seed=seed)
+    x = transform(x)
+    y, gx, gw = _run(x, weight, grad, backend)
+    assert y.dtype == dtype and gx.dtype == dtype and gw.dtype == torch.float32
+    y64, gx64, gw64 = oracle(x, weight, grad)
+    tol = TOLERANCE[dtype]
+    for name, got, want in (("y", y, y64), ("dx", gx, gx64), ("dK", gw, gw64)):
+        assert torch.isfinite(got).all(), f"{backend} {shape} {dtype} {name}: unwritten (NaN) elements"
+        err = rel_err(got, want)
+        assert err <= tol, f"{backend} {shape} {dtype} {name}: rel err {err:.2e} > {tol} (seed {seed})"
+
+
+@needs_cuda_backend
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES + MODEL_SHAPES, ids=str)
+def test_matches_float64_oracle(shape, dtype, backend):
+    _check(shape, dtype, backend, fresh_seed())
+
+
+@needs_cuda_backend
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_full_batch_model_shape(backend):
+    _check((128, 14, 14, 384), torch.bfloat16, backend, fresh_seed())
+
+
+@needs_cuda_backend
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+@pytest.mark.parametrize("shape", [(2, 14, 14, 40), (2, 40, 36, 6)], ids=str)
+def test_strided_inputs(shape, backend):
+    """x as a permuted view (channels not innermost) and a sliced view."""
+    b, h, w, c = shape
+
+    def permuted(x):
+        return x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+
+    def sliced(x):
+        wide = torch.cat([x, x], dim=3)
+        return wide[..., ::2]
+
+    _check(shape, torch.float32, backend, fresh_seed(), permuted)
+    _check(shape, torch.bfloat16, backend, fresh_seed(), sliced)
+
+
+@needs_cuda_backend
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+@pytest.mark.parametrize("shape", [(16, 14, 14, 384), (5, 56, 56, 64), (3, 7, 7, 3)], ids=str)
+def test_grad_weight_is_bitwise_reproducible(shape, backend):
+    _usable(backend, shape)
+    x, weight, grad = make_inputs(shape, torch.float32, device="cuda")
+    first = _run(x, weight, grad, backend)
+    second = _run(x, weight, grad, backend)
+    assert torch.equal(first[2], second[2]), "dK differs between identical runs"
+    assert torch.equal(first[1], second[1]), "dx differs between identical runs"
+
+
+@needs_cuda_backend
+@pytest.mark.cuda
+def test_expanded_grad_and_weight_dtype():
+    """y.sum().backward() hands the backward a stride-0 gradient; a bf16 weight is cast."""
+    x, weight, _ = make_inputs((2, 9, 10, 6), torch.float32, device="cuda")
+    for backend in CUDA_BACKENDS:
+        xr = x.clone().requires_grad_(True)
+        spectral_gate(xr, weight, backend=backend).sum().backward()
+        _, gx64, _ = oracle(x, weight, torch.ones_like(x))
+        assert rel_err(xr.grad, gx64) <= 1e-5
+        wb = weight.to(torch.bfloat16).requires_grad_(True)
+        spectral_gate(x, wb, backend=backend).sum().backward()
+        assert wb.grad.dtype == torch.bfloat16
+
+
+@needs_cuda_backend
+@pytest.mark.cuda
+def test_opcheck_and_low_level_errors():
+    x, weight, _ = make_inputs((2, 6, 6, 4), torch.float32, device="cuda")
+    torch.library.opcheck(torch.ops.spectformer.spectral_gate.default, (x, weight, "cuda"))
+    forward = torch.ops.spectformer_cuda.spectral_gate_forward
+    with pytest.raises(ValueError, match="path must be"):
+        forward(x, weight, "nope")
+    with pytest.raises(TypeError, match="weight must be float32"):
+        forward(x, weight.double(), "fused")
+    with pytest.raises(ValueError, match="weight must have shape"):
+        forward(x, weight[:, :-1], "cufft")
+    with pytest.raises(ValueError, match="path 'fused' needs"):
+        big = torch.randn(1, 65, 65, 1, device="cuda")
+        forward(big, torch.randn(65, 33, 1, 2, device="cuda"), "fused")
+
+
+@needs_cuda_backend
+@pytest.mark.cuda
+def test_sanitizer_subset():
+    """Small cases through every path and dtype, forward and backward: the selection the GPU
+    session runs under compute-sanitizer (-k sanitizer), where every launch is slow."""
+    for backend in ("cuda_fused", "cuda_cufft"):
+        for dtype in (torch.float32, torch.bfloat16):
+            for shape in ((2, 7, 6, 5), (3, 14, 14, 40), (1, 33, 20, 3)):
+                _check(shape, dtype, backend, fresh_seed())

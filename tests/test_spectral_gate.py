@@ -1,0 +1,123 @@
+"""The op against the float64 oracle, for the portable backends (reference, dft).
+
+Kernel backends have their own test files with the same checks at sizes their execution
+mode affords (Triton's interpreter on CPU, the GPU where there is one).
+"""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import TOLERANCE, fresh_seed, make_inputs, rel_err
+from spectformer_kernels import oracle, spectral_gate
+
+PORTABLE = ["reference", "dft"]
+AWKWARD_SHAPES = [
+    (2, 1, 1, 3),
+    (3, 5, 9, 7),
+    (2, 7, 6, 5),
+    (2, 11, 4, 13),
+    (2, 14, 14, 33),
+    (1, 28, 28, 17),
+    (1, 56, 56, 9),
+    (1, 12, 16, 10),
+]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def run_forward_backward(x, weight, grad, backend):
+    x = x.clone().requires_grad_(True)
+    weight = weight.clone().requires_grad_(True)
+    y = spectral_gate(x, weight, backend=backend)
+    y.backward(grad)
+    return y, x.grad, weight.grad
+
+
+def check_against_oracle(shape, dtype, backend, seed):
+    x, weight, grad = make_inputs(shape, dtype, seed=seed)
+    y, gx, gw = run_forward_backward(x, weight, grad, backend)
+    assert y.dtype == dtype and gx.dtype == dtype and gw.dtype == torch.float32
+    assert y.shape == x.shape and gw.shape == weight.shape
+    y64, gx64, gw64 = oracle(x, weight, grad)
+    tol = TOLERANCE[dtype]
+    for name, got, want in (("y", y, y64), ("dx", gx, gx64), ("dK", gw, gw64)):
+        err = rel_err(got, want)
+        assert err <= tol, f"{backend} {shape} {dtype} {name}: rel err {err:.2e} > {tol} (seed {seed})"
+
+
+@pytest.mark.parametrize("backend", PORTABLE)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES, ids=str)
+def test_matches_float64_oracle(shape, dtype, backend):
+    check_against_oracle(shape, dtype, backend, fresh_seed())
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    b=st.integers(1, 3), h=st.integers(1, 20), w=st.integers(1, 20), c=st.integers(1, 40),
+    backend=st.sampled_from(PORTABLE), seed=st.integers(0, 2**31 - 1),
+)
+def test_random_shapes_match_oracle(b, h, w, c, backend, seed):
+    check_against_oracle((b, h, w, c), torch.float32, backend, seed)
+
+
+@pytest.mark.parametrize("backend", PORTABLE)
+def test_float64_gradcheck(backend):
+    x, weight, _ = make_inputs((2, 5, 6, 3), torch.float64)
+    weight = weight.double()
+    x.requires_grad_(True)
+    weight.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a, k: spectral_gate(a, k, backend=backend), (x, weight), eps=1e-6, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize("backend", PORTABLE)
+def test_opcheck(backend):
+    x, weight, _ = make_inputs((2, 7, 6, 5))
+    x.requires_grad_(True)
+    weight.requires_grad_(True)
+    torch.library.opcheck(torch.ops.spectformer.spectral_gate.default, (x, weight, backend))
+
+
+@pytest.mark.parametrize("backend", PORTABLE)
+def test_non_contiguous_inputs(backend):
+    base, weight, grad = make_inputs((3, 9, 14, 10))
+    x = base.permute(0, 2, 1, 3)[:, ::2]  # (3, 7, 9, 10), strided
+    weight = torch.randn(7, 9 // 2 + 1, 10, 2).transpose(0, 0)
+    assert not x.is_contiguous()
+    y, gx, gw = run_forward_backward(x, weight, grad[:, :7, :9], backend)
+    y64, gx64, gw64 = oracle(x, weight, grad[:, :7, :9])
+    assert rel_err(y, y64) < 1e-5 and rel_err(gx, gx64) < 1e-5 and rel_err(gw, gw64) < 1e-5
+
+
+@pytest.mark.parametrize("backend", PORTABLE)
+def test_nan_and_inf_propagate_like_torch_fft(backend):
+    x, weight, _ = make_inputs((2, 6, 5, 4))
+    x[1, 2, 3, 1] = float("nan")
+    x[0, 0, 0, 2] = float("inf")
+    expected = torch.isnan(spectral_gate(x, weight, backend="reference"))
+    got = spectral_gate(x, weight, backend=backend)
+    # Channel 1 of batch 1 and channel 2 of batch 0 are poisoned everywhere; nothing else.
+    assert torch.equal(torch.isnan(got), expected)
+    assert torch.isnan(got[1, :, :, 1]).all() and torch.isnan(got[0, :, :, 2]).all()
+    assert torch.isfinite(got[:, :, :, 0]).all()
+
+
+def test_empty_batch():
+    x, weight, _ = make_inputs((0, 5, 6, 3))
+    for backend in PORTABLE:
+        assert spectral_gate(x, weight, backend=backend).shape == (0, 5, 6, 3)
+
+
+def test_backends_agree_on_non_hermitian_dc_and_nyquist_columns():
+    """K makes the DC/Nyquist columns non-Hermitian; both follow CPU irfft2 semantics."""
+    x, _, _ = make_inputs((2, 6, 8, 3))
+    weight = torch.zeros(6, 5, 3, 2)
+    weight[:, 0] = torch.randn(6, 3, 2)  # complex gate on the DC column only...
+    weight[:, 4] = torch.randn(6, 3, 2)  # ...and on the Nyquist column
+    want = oracle(x, weight)
+    assert want.norm() > 0.1
+    for backend in PORTABLE:
+        assert rel_err(spectral_gate(x, weight, backend=backend), want) < 1e-6

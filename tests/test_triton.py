@@ -1,0 +1,165 @@
+"""The ``triton`` backend against the float64 oracle.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (``conftest.py`` sets
+``TRITON_INTERPRET=1`` before triton is imported), on small awkward shapes; with a GPU the
+same checks also run at the model's sizes.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from spectformer_kernels import (  # noqa: E402
+    BackendUnavailableError,
+    SpectralGatingNetwork,
+    oracle,
+    resolve_backend,
+    spectral_gate,
+)
+from spectformer_kernels import triton_backend  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    triton_backend.availability() is not None,
+    reason=f"triton backend unavailable: {triton_backend.availability()}",
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+GRIDS = [(5, 9), (7, 7), (14, 14), (3, 16), (1, 1)]
+CHANNELS = [13, 33, 70]
+GPU_SHAPES = [(128, 14, 14, 384), (32, 7, 7, 768), (16, 28, 28, 128), (8, 56, 56, 64),
+              (4, 64, 64, 96), (3, 12, 16, 40)]
+
+
+def make_inputs(shape, dtype, seed=None):
+    """Fresh random x, weight (fp32) and grad_y; returns the seed for failure messages."""
+    seed = secrets.randbits(31) if seed is None else seed
+    b, h, w, c = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, h, w, c, generator=gen).to(DEVICE, dtype)
+    weight = torch.randn(h, w // 2 + 1, c, 2, generator=gen).to(DEVICE)
+    grad = torch.randn(b, h, w, c, generator=gen).to(DEVICE, dtype)
+    return x, weight, grad, seed
+
+
+def rel_err(actual, expected):
+    actual = actual.detach().to("cpu", torch.float64)
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every kernel output starts as NaN, so an element the kernel skips fails the test."""
+    def nan_empty(shape, *, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    monkeypatch.setattr(triton_backend, "_empty", nan_empty)
+
+
+def check_against_oracle(x, weight, grad, seed):
+    y = triton_backend.spectral_gate_triton(x, weight)
+    grad_x, grad_weight = triton_backend.spectral_gate_triton_backward(grad, x, weight)
+    assert y.dtype == x.dtype and grad_x.dtype == x.dtype and grad_weight.dtype == weight.dtype
+    assert y.shape == x.shape and grad_x.shape == x.shape and grad_weight.shape == weight.shape
+    y64, gx64, gw64 = oracle(x, weight, grad)
+    tol = TOLERANCE[x.dtype]
+    for name, got, want in (("y", y, y64), ("dx", grad_x, gx64), ("dK", grad_weight, gw64)):
+        assert torch.isfinite(got).all(), f"{name}: unwritten (NaN) elements, seed {seed}"
+        err = rel_err(got, want)
+        assert err <= tol, (
+            f"{tuple(x.shape)} {x.dtype} {name}: rel err {err:.2e} > {tol} (seed {seed})")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("c", CHANNELS)
+@pytest.mark.parametrize("grid", GRIDS, ids=str)
+def test_matches_float64_oracle(grid, c, dtype):
+    x, weight, grad, seed = make_inputs((2, *grid, c), dtype)
+    check_against_oracle(x, weight, grad, seed)
+
+
+def test_batch_split_across_programs_and_strided_inputs():
+    """B not a multiple of the backward's batch group; x, dy and weight non-contiguous."""
+    b = triton_backend.BATCH_PER_PROGRAM + 3
+    x, weight, grad, seed = make_inputs((b, 6, 10, 17), torch.float32)
+    x = x.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)  # W-major memory
+    grad = grad.transpose(0, 1).contiguous().transpose(0, 1)  # H-major memory
+    weight = weight.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3)
+    assert not (x.is_contiguous() or grad.is_contiguous() or weight.is_contiguous())
+    check_against_oracle(x, weight, grad, seed)
+
+
+def test_grad_weight_is_bitwise_deterministic():
+    x, weight, grad, _ = make_inputs((2 * triton_backend.BATCH_PER_PROGRAM + 1, 7, 9, 21),
+                                     torch.float32)
+    first = triton_backend.spectral_gate_triton_backward(grad, x, weight)
+    second = triton_backend.spectral_gate_triton_backward(grad, x, weight)
+    assert torch.equal(first[1], second[1])
+    assert torch.equal(first[0], second[0])
+
+
+def test_empty_batch():
+    x, weight, grad, _ = make_inputs((0, 5, 6, 4), torch.float32)
+    assert triton_backend.spectral_gate_triton(x, weight).shape == x.shape
+    grad_x, grad_weight = triton_backend.spectral_gate_triton_backward(grad, x, weight)
+    assert grad_x.shape == x.shape and torch.equal(grad_weight, torch.zeros_like(weight))
+
+
+def test_nan_propagates_within_its_channel_only():
+    x, weight, _, _ = make_inputs((2, 5, 6, 4), torch.float32)
+    x[1, 2, 3, 1] = float("nan")
+    y = triton_backend.spectral_gate_triton(x, weight)
+    assert torch.isnan(y[1, :, :, 1]).all()
+    y[1, :, :, 1] = 0.0
+    assert torch.isfinite(y).all()
+
+
+def test_module_and_autograd_through_the_op():
+    torch.manual_seed(secrets.randbits(31))
+    layer = SpectralGatingNetwork(dim=33, h=7, w=4, backend="triton").to(DEVICE)
+    reference = SpectralGatingNetwork(dim=33, h=7, w=4, backend="reference").to(DEVICE)
+    reference.load_state_dict(layer.state_dict())
+    tokens = torch.randn(3, 49, 33, device=DEVICE)
+    outputs = []
+    for module in (layer, reference):
+        x = tokens.clone().requires_grad_(True)
+        y = module(x)
+        y.square().sum().backward()
+        outputs.append((y, x.grad, module.complex_weight.grad))
+    for got, want in zip(*outputs):
+        assert rel_err(got, want.to("cpu", torch.float64)) <= 1e-5
+
+
+def test_opcheck():
+    x, weight, _, _ = make_inputs((2, 5, 6, 7), torch.float32)
+    torch.library.opcheck(
+        torch.ops.spectformer.spectral_gate.default,
+        (x.requires_grad_(True), weight.requires_grad_(True), "triton"),
+    )
+
+
+def test_declines_what_the_kernel_does_not_take():
+    x, weight, _, _ = make_inputs((1, 4, 4, 3), torch.float32)
+    reason = triton_backend.supports(x.double(), weight)
+    assert reason is not None and "float64" in reason
+    with pytest.raises(BackendUnavailableError, match="float64"):
+        resolve_backend("triton", x.double(), weight)
+
+    big = triton_backend.MAX_GRID + 1
+    x_big = torch.empty(1, big, 4, 3, device=DEVICE)
+    w_big = torch.empty(big, 3, 3, 2, device=DEVICE)
+    assert str(triton_backend.MAX_GRID) in triton_backend.supports(x_big, w_big)
+    assert resolve_backend("auto", x_big, w_big) != "triton"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="full sizes need a CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
+def test_full_sizes_on_gpu(shape, dtype):
+    x, weight, grad, seed = make_inputs(shape, dtype)
+    check_against_oracle(x, weight, grad, seed)
