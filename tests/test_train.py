@@ -385,3 +385,26 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path):
     assert len(rows) == 1 and float(rows[0]["val_top1"]) > 10.0
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["batch_size"] == 32
+
+
+# ------------------------------------------------------------------------- benchmark
+
+
+def test_train_throughput_benchmark_on_cpu(tmp_path, capsys):
+    import spectformer_kernels as sk
+    from benchmarks import train_throughput
+
+    argv = ["--device", "cpu", "--img-size", "16", "--batch-size", "4", "--warmup", "1",
+            "--steps", "2", "--out", str(tmp_path), "--plot"]
+    rows = train_throughput.main(argv)
+    assert "CPU run" in capsys.readouterr().out
+    expected = [b for b in sk.available_backends() if b != "auto"]
+    assert [r["backend"] for r in rows] == expected
+    assert all(r["status"] == "ok" and r["images_per_s"] > 0 for r in rows)
+    assert next(r for r in rows if r["backend"] == "reference")["speedup_vs_reference"] == 1.0
+    train_throughput.main(argv)  # a second run appends under the same header
+    with open(tmp_path / "train_throughput_cpu.csv") as f:
+        saved = list(csv.DictReader(f))
+    assert len(saved) == 2 * len(expected)
+    assert all(r["note"].startswith("CPU run") and r["commit"] for r in saved)
+    assert (tmp_path / "train_throughput_cpu.png").stat().st_size > 0
