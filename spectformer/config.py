@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -105,7 +106,7 @@ FLAG_HELP = {
     "channels_last": "channels-last memory format for images and convolutions",
     "seed": "random seed",
     "workers": "data loader worker processes per training process",
-    "output": "output folder (default: output/train/<model>)",
+    "output": "output folder (default: output/train/<model>-<date>-<time>)",
     "resume": "checkpoint to continue from (e.g. OUTPUT/last.pt)",
     "stop_after": "stop after this many epochs in this run (for time-limited jobs); "
                   "the schedule still spans --epochs",
@@ -233,7 +234,9 @@ def resolve(
     if not cfg.data:
         raise ValueError("--data is required: 'digits', 'synthetic' or an ImageFolder path")
     if not cfg.output:
-        cfg.output = str(Path("output") / "train" / cfg.model)
+        # A fresh folder per run, so starting again never collides with an earlier run.
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        cfg.output = str(Path("output") / "train" / f"{cfg.model}-{stamp}")
     for name in ("epochs", "batch_size", "log_interval"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{_flag(name)} must be >= 1, got {getattr(cfg, name)}")

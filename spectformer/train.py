@@ -574,7 +574,7 @@ class Trainer:
         if self.rows:
             best = max(self.rows, key=lambda r: r["val_top1"])
             print(f"done: best top-1 {best['val_top1']:.2f}% at epoch {best['epoch']}; "
-                  f"outputs in {self.out}")
+                  f"summary {self.out / 'summary.csv'}, curves {self.out / 'curves.png'}")
 
 
 def device_name(device: torch.device) -> str:

@@ -408,3 +408,18 @@ def test_train_throughput_benchmark_on_cpu(tmp_path, capsys):
     assert len(saved) == 2 * len(expected)
     assert all(r["note"].startswith("CPU run") and r["commit"] for r in saved)
     assert (tmp_path / "train_throughput_cpu.png").stat().st_size > 0
+
+
+def test_model_ema_is_trained_saved_and_validated(tmp_path):
+    out = tmp_path / "ema"
+    assert train.main(digits_args(out, "--epochs", "1", "--model-ema", "--model-ema-decay", "0.9")) == 0
+    row = read_summary(out / "summary.csv")[0]
+    assert list(row)[-3:] == train.EMA_COLUMNS
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert not torch.equal(saved["ema"]["head.weight"], saved["model"]["head.weight"])
+    result_path = tmp_path / "ema.json"
+    assert validate.main(["--model", "spectformer_digits", "--img-size", "16", "--data", "digits",
+                          "--checkpoint", str(out / "last.pt"), "--ema",
+                          "--output", str(result_path)]) == 0
+    result = json.loads(result_path.read_text())
+    assert result["top1"] == pytest.approx(float(row["ema_val_top1"]), abs=1e-3)
