@@ -336,7 +336,7 @@ def test_training_on_an_image_folder_with_a_corrupt_image(tmp_path, caplog):
     out = tmp_path / "run"
     with caplog.at_level("WARNING"):
         code = train.main(["--model", "spectformer_digits", "--data", str(tmp_path / "data"),
-                           "--img-size", "16", "--batch-size", "3", "--epochs", "1",
+                           "--img-size", "16", "--batch-size", "7", "--epochs", "1",
                            "--workers", "0", "--output", str(out)])
     assert code == 0
     assert str(corrupt) in caplog.text
