@@ -23,6 +23,7 @@ import platform
 import random
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +172,8 @@ class StopRequest:
         self._previous = {}
 
     def __enter__(self):
-        if threading_is_main():
+        # Python only lets the main thread install handlers (not the case under some launchers).
+        if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -196,12 +198,6 @@ class StopRequest:
         if not info.enabled:
             return self.requested
         return all_reduce_sum([1.0 if self.requested else 0.0], info)[0] > 0
-
-
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -433,7 +429,10 @@ class Trainer:
         completed = True
         try:
             while progress.batches_done < self.steps_per_epoch:
-                if progress.batches_done % cfg.log_interval == 0 and stop.agreed(info):
+                # Alone, check every step; with several ranks the check is a collective, so
+                # only every log_interval steps (the same steps on every rank).
+                due = not info.enabled or progress.batches_done % cfg.log_interval == 0
+                if due and stop.agreed(info):
                     completed = False
                     break
                 try:

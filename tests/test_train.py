@@ -196,7 +196,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(two_epoch_run, tmp_path, mo
         return loss
 
     monkeypatch.setattr(train.Trainer, "_train_step", step_then_signal)
-    code = train.main(digits_args(out, "--epochs", "2", "--log-interval", "1"))
+    code = train.main(digits_args(out, "--epochs", "2"))
     assert code == 128 + signal.SIGTERM
     saved = torch.load(out / "last.pt", weights_only=True)
     assert (saved["epoch"], saved["progress"]["batches_done"], saved["step"]) == (1, 8, 30)
