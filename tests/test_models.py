@@ -214,6 +214,8 @@ def test_bad_configurations_fail_clearly():
     model = spectformer.create_model("spectformer_digits")
     with pytest.raises(ValueError, match=r"expected images \(B, 1, 32, 32\)"):
         model(torch.randn(1, 1, 64, 64))
+    with pytest.raises(ValueError, match=r"expected images \(B, 3, 64, 64\)"):
+        tiny_hierarchical()(torch.randn(1, 3, 96, 96))
 
 
 # -- forward / backward everywhere -----------------------------------------------------
@@ -257,7 +259,7 @@ def test_every_spectral_layer_hierarchical(layer):
     out = model(torch.randn(2, 3, 64, 64))
     out.sum().backward()
     assert out.shape == (2, 6) and torch.isfinite(out).all()
-    assert all(p.grad is not None for p in model.parameters() if not p.shape == ())
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_haar_is_orthonormal_and_inverts():
@@ -438,6 +440,11 @@ def test_load_checkpoint_resizes_to_a_new_resolution(tmp_path):
         assert torch.allclose(model.blocks[i].filter.complex_weight, expected, atol=1e-6)
     assert torch.equal(model.head.weight, state["head.weight"])
     assert model(torch.randn(1, 1, 48, 48)).shape == (1, 10)
+    wide = spectformer.create_model("spectformer_digits", img_size=(32, 48))  # 8x12 grid
+    spectformer.load_checkpoint(wide, state)
+    assert wide.pos_embed.shape == (1, 96, 96)
+    assert wide.blocks[1].filter.complex_weight.shape == (8, 7, 96, 2)
+    assert wide(torch.randn(1, 1, 32, 48)).shape == (1, 10)
 
 
 def test_load_checkpoint_same_grid_is_exact_and_rejects_bad_input():
@@ -529,6 +536,13 @@ def test_flops_match_the_paper(name):
     model = spectformer.create_model(name)
     gflops = spectformer.count_flops(model) / 1e9
     assert abs(gflops - PAPER_GFLOPS[name]) / PAPER_GFLOPS[name] < 0.02
+
+
+@pytest.mark.slow
+def test_hierarchical_flops_match_the_paper_without_attention_products():
+    # The SpectFormer-H figure (3.9 G) leaves out the attention matrix products.
+    gflops = spectformer.count_flops(spectformer.create_model("spectformer_h_s"), attention_products=False)
+    assert abs(gflops / 1e9 - 3.9) / 3.9 < 0.02
 
 
 @pytest.mark.parametrize("layer", SPECTRAL_LAYERS)

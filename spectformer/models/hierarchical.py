@@ -198,7 +198,8 @@ class SpectFormerH(BackendSwitchMixin, nn.Module):
         self.token_label = token_label
         self.spectral_layer = spectral_layer
 
-        grid = to_2tuple(img_size, "img_size")
+        self.img_size = grid = to_2tuple(img_size, "img_size")
+        self.in_chans = in_chans
         self.grid_sizes = []
         rates = stochastic_depth_rates(drop_path_rate, sum(depths))
         for i in range(4):
@@ -239,6 +240,12 @@ class SpectFormerH(BackendSwitchMixin, nn.Module):
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> normalised tokens ``(B, 1 + N, C)``: the class token, then stage-4 tokens."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != (self.in_chans, *self.img_size):
+            raise ValueError(
+                f"expected images (B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), "
+                f"got shape {tuple(x.shape)}; build the model with img_size=... (and resize a "
+                "checkpoint with load_checkpoint) to use another resolution"
+            )
         b = x.shape[0]
         for i in range(4):
             x, grid = getattr(self, f"patch_embed{i + 1}")(x)
