@@ -567,3 +567,25 @@ def test_flop_count_formula_on_the_digits_model():
     assert spectformer.count_flops(model, (1, 1, 32, 32)) == expected
     assert spectformer.count_flops(model, (1, 1, 32, 32), attention_products=False) == expected - attention
     assert model.training  # the mode is restored
+
+
+# -- GPU -------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("build", [lambda: spectformer.create_model("spectformer_t", img_size=64),
+                                   lambda: tiny_hierarchical(img_size=64)], ids=["vanilla", "hierarchical"])
+def test_cuda_matches_cpu_and_runs_bf16(build):
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(2, 3, 64, 64)
+    expected = model(x)
+    model.cuda()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        assert rel_err(model(x.cuda()).cpu(), expected) < 1e-4
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(x.cuda().to(memory_format=torch.channels_last))
+    out.float().sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
