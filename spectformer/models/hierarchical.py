@@ -101,7 +101,7 @@ class ConvMlp(nn.Module):
 class Block(nn.Module):
     """``x + dp(mix(norm1(x)))``, ``x + dp(mlp(norm2(x)))``; ``mix`` is spectral or attention."""
 
-    def __init__(self, dim, num_heads, mlp_ratio, drop_path, mixer: nn.Module):
+    def __init__(self, dim: int, mlp_ratio: float, drop_path: float, mixer: nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.norm2 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
@@ -212,7 +212,7 @@ class SpectFormerH(BackendSwitchMixin, nn.Module):
             for j in range(depths[i]):
                 mixer = (make_spectral_layer(spectral_layer, dim, grid, backend) if i < spectral_stages
                          else SplitQKVAttention(dim, num_heads[i]))
-                blocks.append(Block(dim, num_heads[i], mlp_ratios[i], rates[sum(depths[:i]) + j], mixer))
+                blocks.append(Block(dim, mlp_ratios[i], rates[sum(depths[:i]) + j], mixer))
             setattr(self, f"patch_embed{i + 1}", embed)
             setattr(self, f"block{i + 1}", blocks)
             setattr(self, f"norm{i + 1}", nn.LayerNorm(dim, eps=BLOCK_NORM_EPS))
