@@ -56,6 +56,16 @@ def resize_complex_weight(weight: torch.Tensor, new_hw) -> torch.Tensor:
     return grid.permute(0, 2, 3, 1).reshape(*new_hw, c, two).to(weight.dtype)
 
 
+def _token_grid(model: nn.Module, num_tokens: int) -> tuple[int, int]:
+    grid = getattr(model, "grid_size", None)
+    if grid is not None and grid[0] * grid[1] == num_tokens:
+        return tuple(grid)
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f"cannot tell the token grid of a model with {num_tokens} positions")
+    return side, side
+
+
 def adapt_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Resize ``pos_embed`` and ``complex_weight`` tensors to ``model``'s token grids.
 
@@ -68,11 +78,7 @@ def adapt_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module) -> dic
         target = targets.get(key)
         if target is not None and value.shape != target.shape:
             if key.split(".")[-1] == "pos_embed" and value.dim() == 3 and value.shape[-1] == target.shape[-1]:
-                grid = getattr(model, "grid_size", None)
-                if grid is None or grid[0] * grid[1] != target.shape[1]:
-                    side = math.isqrt(target.shape[1])
-                    grid = (side, target.shape[1] // side)
-                value = resize_pos_embed(value, grid)
+                value = resize_pos_embed(value, _token_grid(model, target.shape[1]))
             elif (key.split(".")[-1] == "complex_weight" and value.dim() == 4
                   and value.shape[2:] == target.shape[2:]):
                 value = resize_complex_weight(value, target.shape[:2])

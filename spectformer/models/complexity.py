@@ -21,9 +21,10 @@ from spectformer_kernels.flops import flop_count_analysis
 # Elementwise or data-movement operators the convention leaves out.
 IGNORED_OPS = (
     "aten::add", "aten::add_", "aten::sub", "aten::rsub", "aten::mul", "aten::mul_", "aten::div",
+    "aten::div_",
     "aten::neg", "aten::gelu", "aten::relu", "aten::relu_", "aten::softmax", "aten::softshrink",
     "aten::mean", "aten::max", "aten::dropout", "aten::pad", "aten::constant_pad_nd",
-    "aten::real", "aten::imag", "aten::complex", "aten::ones_like", "aten::bernoulli_",
+    "aten::real", "aten::imag", "aten::complex", "aten::bernoulli_",
 )
 
 

@@ -101,7 +101,7 @@ class ConvMlp(nn.Module):
 class Block(nn.Module):
     """``x + dp(mix(norm1(x)))``, ``x + dp(mlp(norm2(x)))``; ``mix`` is spectral or attention."""
 
-    def __init__(self, dim, num_heads, mlp_ratio, drop_path, mixer: nn.Module):
+    def __init__(self, dim: int, mlp_ratio: float, drop_path: float, mixer: nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.norm2 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
@@ -198,7 +198,8 @@ class SpectFormerH(BackendSwitchMixin, nn.Module):
         self.token_label = token_label
         self.spectral_layer = spectral_layer
 
-        grid = to_2tuple(img_size, "img_size")
+        self.img_size = grid = to_2tuple(img_size, "img_size")
+        self.in_chans = in_chans
         self.grid_sizes = []
         rates = stochastic_depth_rates(drop_path_rate, sum(depths))
         for i in range(4):
@@ -211,7 +212,7 @@ class SpectFormerH(BackendSwitchMixin, nn.Module):
             for j in range(depths[i]):
                 mixer = (make_spectral_layer(spectral_layer, dim, grid, backend) if i < spectral_stages
                          else SplitQKVAttention(dim, num_heads[i]))
-                blocks.append(Block(dim, num_heads[i], mlp_ratios[i], rates[sum(depths[:i]) + j], mixer))
+                blocks.append(Block(dim, mlp_ratios[i], rates[sum(depths[:i]) + j], mixer))
             setattr(self, f"patch_embed{i + 1}", embed)
             setattr(self, f"block{i + 1}", blocks)
             setattr(self, f"norm{i + 1}", nn.LayerNorm(dim, eps=BLOCK_NORM_EPS))
@@ -239,6 +240,12 @@ class SpectFormerH(BackendSwitchMixin, nn.Module):
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> normalised tokens ``(B, 1 + N, C)``: the class token, then stage-4 tokens."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != (self.in_chans, *self.img_size):
+            raise ValueError(
+                f"expected images (B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), "
+                f"got shape {tuple(x.shape)}; build the model with img_size=... (and resize a "
+                "checkpoint with load_checkpoint) to use another resolution"
+            )
         b = x.shape[0]
         for i in range(4):
             x, grid = getattr(self, f"patch_embed{i + 1}")(x)

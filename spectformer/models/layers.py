@@ -36,7 +36,7 @@ def drop_path_or_identity(p: float) -> nn.Module:
 
 def stochastic_depth_rates(rate: float, depth: int) -> list[float]:
     """Linearly rising rates over all blocks, as ``torch.linspace(0, rate, depth)``."""
-    return [r.item() for r in torch.linspace(0, rate, depth)]
+    return torch.linspace(0, rate, depth, device="cpu").tolist()
 
 
 class Mlp(nn.Module):

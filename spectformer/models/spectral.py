@@ -32,13 +32,17 @@ def _grid(x: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
     return x.reshape(b, h, w, c)
 
 
+def _transform_dtype(x: torch.Tensor) -> torch.dtype:
+    # torch.fft has no bf16/fp16 kernels on every device: transform those in fp32.
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 class FourierMixing(nn.Module):
     """FNet on the token grid: ``Re(fft2(x))`` over (H, W), orthonormal, no parameters."""
 
     def forward(self, x: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
         grid = _grid(x, spatial_size)
-        # torch.fft has no bf16/fp16 kernels on every device: transform in fp32.
-        mixed = torch.fft.fft2(grid.float(), dim=(1, 2), norm="ortho").real
+        mixed = torch.fft.fft2(grid.to(_transform_dtype(grid)), dim=(1, 2), norm="ortho").real
         return mixed.to(x.dtype).reshape(x.shape)
 
 
@@ -77,11 +81,12 @@ class AdaptiveFourierMixing(nn.Module):
     def forward(self, x: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
         grid = _grid(x, spatial_size)
         b, h, w, c = grid.shape
-        spec = torch.fft.rfft2(grid.float(), dim=(1, 2), norm="ortho")
+        spec = torch.fft.rfft2(grid.to(_transform_dtype(grid)), dim=(1, 2), norm="ortho")
         re = spec.real.reshape(b, h, w // 2 + 1, self.num_blocks, self.block_size)
         im = spec.imag.reshape(re.shape)
-        re, im = self._complex_linear(re, im, self.w1, self.b1)
-        re, im = self._complex_linear(F.relu(re), F.relu(im), self.w2, self.b2)
+        w1, b1, w2, b2 = (p.to(re.dtype) for p in (self.w1, self.b1, self.w2, self.b2))
+        re, im = self._complex_linear(re, im, w1, b1)
+        re, im = self._complex_linear(F.relu(re), F.relu(im), w2, b2)
         re = F.softshrink(re, self.sparsity_threshold).reshape(b, h, w // 2 + 1, c)
         im = F.softshrink(im, self.sparsity_threshold).reshape(b, h, w // 2 + 1, c)
         mixed = torch.fft.irfft2(torch.complex(re, im), s=(h, w), dim=(1, 2), norm="ortho")
