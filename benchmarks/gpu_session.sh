@@ -2,15 +2,17 @@
 # One GPU session, from a clean tree: build the CUDA extension in place, run the GPU tests,
 # compute-sanitizer (memcheck, racecheck) over the CUDA and Triton kernel tests, and the
 # kernel benchmark. Everything lands in OUTDIR (logs, CSV, PNG, a summary). The steps are
-# time-boxed so that the whole session stays well inside 10 minutes.
+# time-boxed so that each call stays well inside 10 minutes.
 #
-#     bash benchmarks/gpu_session.sh OUTDIR
+#     bash benchmarks/gpu_session.sh OUTDIR            # kernels: build, tests, benchmark, sanitizers
+#     bash benchmarks/gpu_session.sh OUTDIR train      # build (kept if present), end-to-end throughput
 set -uo pipefail
 
-if [ $# -ne 1 ]; then
-  echo "usage: $0 OUTDIR" >&2
+if [ $# -lt 1 ] || [ $# -gt 2 ] || { [ $# -eq 2 ] && [ "$2" != kernels ] && [ "$2" != train ]; }; then
+  echo "usage: $0 OUTDIR [kernels|train]" >&2
   exit 2
 fi
+STAGE="${2:-kernels}"
 OUT="$(mkdir -p "$1" && cd "$1" && pwd)"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -55,6 +57,13 @@ step build 180 env SPECTFORMER_BUILD_CUDA=1 \
   exit 1
 }
 step import 30 python -c "import spectformer_kernels as sk; print(sk.available_backends())"
+
+if [ "$STAGE" = train ]; then
+  step train_throughput 420 python -m benchmarks.train_throughput --device cuda --warmup 5 \
+    --steps 20 --out "$OUT" --plot
+  echo "total ${SECONDS}s; logs in $OUT" | tee -a "$SUMMARY"
+  exit $FAILED
+fi
 
 # 2. GPU tests of the CUDA backend (and the Triton backend's, when its tests exist).
 TRITON_TESTS=$(ls tests/test_triton*.py 2>/dev/null | tr '\n' ' ')
