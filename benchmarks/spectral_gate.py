@@ -14,7 +14,6 @@ and the speed-up over ``reference``. Rows are appended, with device, versions an
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 import spectformer_kernels as sk
-from benchmarks.environment import environment
+from benchmarks.common import environment, save_results
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -160,16 +159,6 @@ def print_table(rows: list[dict]) -> None:
               f"{r['speedup_vs_reference']:>6.2f}x {r['rel_err_vs_reference']:>10}")
 
 
-def save_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -241,12 +230,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     rows = benchmark(args)
     print_table(rows)
-    if not args.no_save:
-        suffix = "cpu" if args.device == "cpu" else "gpu"
-        save_csv(rows, args.out / f"spectral_gate_{suffix}.csv")
-        print(f"rows appended to {args.out / f'spectral_gate_{suffix}.csv'}")
-        if args.plot:
-            plot(rows, args.out / f"spectral_gate_{suffix}.png")
+    save_results(rows, args, "spectral_gate", FIELDS, plot)
     return rows
 
 

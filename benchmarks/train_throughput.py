@@ -17,7 +17,6 @@ appended, with device, versions and commit, to ``benchmarks/results/train_throug
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import statistics
 import time
@@ -28,7 +27,7 @@ from torch import nn
 
 import spectformer
 import spectformer_kernels as sk
-from benchmarks.environment import environment
+from benchmarks.common import environment, save_results
 from spectformer.augment import soft_target_cross_entropy, smooth_one_hot
 from spectformer.train import parameter_groups
 
@@ -161,22 +160,6 @@ def print_table(rows: list[dict]) -> None:
               f"{r['step_ms_median']:.1f} | {speedup} | {r['peak_mem_mib']} |")
 
 
-def save_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        with path.open(newline="") as f:
-            header = next(csv.reader(f), None)
-        if header != FIELDS:
-            raise ValueError(f"{path} has other columns than this benchmark writes; move it "
-                             "aside or pass another --out")
-    new_file = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -266,12 +249,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     rows = benchmark(args)
     print_table(rows)
-    if not args.no_save:
-        suffix = "cpu" if args.device == "cpu" else "gpu"
-        save_csv(rows, args.out / f"train_throughput_{suffix}.csv")
-        print(f"rows appended to {args.out / f'train_throughput_{suffix}.csv'}")
-        if args.plot:
-            plot(rows, args.out / f"train_throughput_{suffix}.png")
+    save_results(rows, args, "train_throughput", FIELDS, plot)
     return rows
 
 

@@ -1,7 +1,8 @@
-"""What every saved benchmark row records about where it ran."""
+"""Shared by the benchmarks: where a row ran (device, versions, commit) and how rows are saved."""
 
 from __future__ import annotations
 
+import csv
 import datetime
 import platform
 import subprocess
@@ -54,3 +55,31 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda or "none",
         "commit": git_commit(),
     }
+
+
+def append_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
+    """Append rows under ``fields``; refuse a file whose header holds other columns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), None)
+        if header != fields:
+            raise ValueError(f"{path} has other columns than this benchmark writes; move it "
+                             "aside or pass another --out")
+    new_file = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_results(rows: list[dict], args, stem: str, fields: list[str], plot) -> None:
+    """``<out>/<stem>_{cpu,gpu}.csv`` (appended) and, with ``--plot``, the PNG beside it."""
+    if args.no_save or not rows:
+        return
+    base = args.out / f"{stem}_{'cpu' if args.device == 'cpu' else 'gpu'}"
+    append_csv(rows, base.with_suffix(".csv"), fields)
+    print(f"rows appended to {base.with_suffix('.csv')}")
+    if args.plot:
+        plot(rows, base.with_suffix(".png"))
