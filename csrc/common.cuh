@@ -1,13 +1,24 @@
 // Helpers shared by the kernels: dtype conversion and error reporting.
 #pragma once
 
+#ifndef SPECTFORMER_HOST_EMULATION
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include <string>
 
 #include "spectral_gate.h"
+
+// Kernels are launched and declare dynamic shared memory through these two macros, so that
+// the same source also compiles as plain C++ for the host emulation tests
+// (emulation/host_cuda.h defines them there).
+#ifndef SPECTFORMER_HOST_EMULATION
+#define SPECTFORMER_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+  kernel<<<grid, block, shared_bytes, stream>>>(__VA_ARGS__)
+#define SPECTFORMER_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
 
 namespace spectformer {
 

@@ -16,7 +16,11 @@
 // the ifft_H of the Hermitian part (Y[h] + conj(Y[-h])) / 2, so the gate writes that part:
 // the C2R input is then exactly Hermitian where it must be, and any correct C2R (cuFFT's
 // included, whatever it does with non-Hermitian input) returns the CPU result.
+#ifdef SPECTFORMER_HOST_EMULATION
+#include "emulation/host_cufft.h"  // CPU model of these cuFFT calls for the no-GPU tests
+#else
 #include <cufft.h>
+#endif
 
 #include <map>
 #include <memory>
@@ -330,7 +334,7 @@ unsigned elementwise_blocks(int64_t n) {
 
 template <typename T>
 Status pack(const GateShape& s, const void* src, Strides4 st, float* planes, cudaStream_t stream) {
-  pack_kernel<T><<<transpose_grid(s), dim3(kTile, kTileRows), 0, stream>>>(
+  SPECTFORMER_LAUNCH(pack_kernel<T>, transpose_grid(s), dim3(kTile, kTileRows), 0, stream,
       static_cast<const T*>(src), st, planes, s.batch, static_cast<int>(s.height),
       static_cast<int>(s.width), static_cast<int>(s.channels));
   SPECTFORMER_LAUNCH_CHECK("pack_kernel");
@@ -339,7 +343,7 @@ Status pack(const GateShape& s, const void* src, Strides4 st, float* planes, cud
 
 template <typename T>
 Status unpack(const GateShape& s, const float* planes, void* dst, cudaStream_t stream) {
-  unpack_kernel<T><<<transpose_grid(s), dim3(kTile, kTileRows), 0, stream>>>(
+  SPECTFORMER_LAUNCH(unpack_kernel<T>, transpose_grid(s), dim3(kTile, kTileRows), 0, stream,
       planes, static_cast<T*>(dst), s.batch, static_cast<int>(s.height * s.width),
       static_cast<int>(s.channels));
   SPECTFORMER_LAUNCH_CHECK("unpack_kernel");
@@ -375,7 +379,7 @@ Status forward_impl(const GateShape& s, const void* x, Strides4 xs, const float*
 
   SPECTFORMER_RETURN_IF_ERROR(pack<T>(s, x, xs, sc.planes, stream));
   SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans, sc.planes, sc.spec_a, sc.work, stream));
-  gate_forward_kernel<<<elementwise_blocks(bins), kThreads, 0, stream>>>(
+  SPECTFORMER_LAUNCH(gate_forward_kernel, elementwise_blocks(bins), kThreads, 0, stream,
       sc.spec_a, weight, sc.spec_b, s.batch * s.channels, static_cast<int>(s.height),
       static_cast<int>(s.width), static_cast<int>(s.channels), scale);
   SPECTFORMER_LAUNCH_CHECK("gate_forward_kernel");
@@ -399,7 +403,7 @@ Status backward_impl(const GateShape& s, const void* grad_y, Strides4 gs, const 
   SPECTFORMER_RETURN_IF_ERROR(pack<T>(s, grad_y, gs, sc.planes, stream));
   SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans, sc.planes, sc.spec_b, sc.work, stream));
   // G overwrites X in place: each bin of X is read (for dK) by the thread that writes it.
-  gate_backward_kernel<<<elementwise_blocks(weight_bins), kThreads, 0, stream>>>(
+  SPECTFORMER_LAUNCH(gate_backward_kernel, elementwise_blocks(weight_bins), kThreads, 0, stream,
       sc.spec_a, sc.spec_b, weight, sc.spec_a, grad_weight, s.batch, static_cast<int>(s.height),
       static_cast<int>(s.width), static_cast<int>(s.channels), scale);
   SPECTFORMER_LAUNCH_CHECK("gate_backward_kernel");

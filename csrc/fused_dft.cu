@@ -233,7 +233,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     fused_forward_kernel(const T* __restrict__ x, Strides4 xs, const float* __restrict__ weight,
                          T* __restrict__ y, int64_t B, int H, int W, int C, int CB) {
-  extern __shared__ float smem[];
+  SPECTFORMER_DYNAMIC_SHARED(float, smem);
   const TileDims d = tile_dims(H, W, C, CB);
   const int spec_elems = d.H * d.Wk * 2 * d.CB;
   float* buf0 = smem + 4 * kFusedMaxSize;
@@ -265,7 +265,7 @@ __global__ void __launch_bounds__(kThreads)
                           Strides4 xs, const float* __restrict__ weight, T* __restrict__ grad_x,
                           float* __restrict__ grad_weight_partials, int64_t B, int64_t chunk,
                           int H, int W, int C, int CB) {
-  extern __shared__ float smem[];
+  SPECTFORMER_DYNAMIC_SHARED(float, smem);
   const TileDims d = tile_dims(H, W, C, CB);
   const int spec_elems = d.H * d.Wk * 2 * d.CB;
   float* buf0 = smem + 4 * kFusedMaxSize;
@@ -387,7 +387,7 @@ Status fused_forward(const GateShape& s, ScalarType dtype, const void* x, Stride
     SPECTFORMER_CUDA_TRY(cudaFuncSetAttribute(fused_forward_kernel<T>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(smem)));
-    fused_forward_kernel<T><<<grid, kThreads, smem, stream>>>(
+    SPECTFORMER_LAUNCH(fused_forward_kernel<T>, grid, kThreads, smem, stream,
         static_cast<const T*>(x), xs, weight, static_cast<T*>(y), s.batch,
         static_cast<int>(s.height), static_cast<int>(s.width), static_cast<int>(s.channels), cb);
     SPECTFORMER_LAUNCH_CHECK("fused_forward_kernel");
@@ -425,7 +425,7 @@ Status fused_backward(const GateShape& s, ScalarType dtype, const void* grad_y, 
       SPECTFORMER_CUDA_TRY(cudaFuncSetAttribute(fused_backward_kernel<T>,
                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                 static_cast<int>(smem)));
-      fused_backward_kernel<T><<<grid, kThreads, smem, stream>>>(
+      SPECTFORMER_LAUNCH(fused_backward_kernel<T>, grid, kThreads, smem, stream,
           static_cast<const T*>(grad_y), gs, static_cast<const T*>(x), xs, weight,
           static_cast<T*>(grad_x), partials, s.batch, l.chunk, static_cast<int>(s.height),
           static_cast<int>(s.width), static_cast<int>(s.channels), l.cb);
@@ -435,8 +435,8 @@ Status fused_backward(const GateShape& s, ScalarType dtype, const void* grad_y, 
   }();
   if (!launched.empty() || l.chunks == 1) return launched;
   const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(weight_elems, kThreads), 4096));
-  sum_partials_kernel<<<blocks, kThreads, 0, stream>>>(partials, grad_weight, weight_elems,
-                                                        l.chunks);
+  SPECTFORMER_LAUNCH(sum_partials_kernel, blocks, kThreads, 0, stream, partials, grad_weight,
+                     weight_elems, l.chunks);
   SPECTFORMER_LAUNCH_CHECK("sum_partials_kernel");
   return Status();
 }

@@ -14,7 +14,11 @@
 // Every function returns an empty Status on success, else a sentence saying what failed.
 #pragma once
 
+#ifdef SPECTFORMER_HOST_EMULATION
+#include "emulation/host_cuda.h"  // CPU model of the runtime for the no-GPU tests
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <cstddef>
 #include <cstdint>

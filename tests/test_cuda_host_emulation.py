@@ -1,0 +1,213 @@
+"""The CUDA kernels of ``csrc/``, run on the CPU against the float64 oracle.
+
+``csrc/fused_dft.cu`` and ``csrc/cufft_gate.cu`` are compiled unchanged as C++ with
+``SPECTFORMER_HOST_EMULATION``: ``csrc/emulation/`` then supplies a sequential model of a
+thread block (each CUDA thread a fiber, run phase by phase between ``__syncthreads``), launch
+checks, bf16/fp16 storage and a strict CPU stand-in for the two cuFFT transforms. The driver
+calls the shipped launchers (launch configuration, workspace carving, plan cache and all), so
+this checks the index math of every kernel, forward, dx and dK, on awkward shapes on every
+CI run. It cannot see what only hardware shows (timing, real cuFFT, memory model); the GPU
+tests of ``test_cuda_backend.py`` cover those.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import TOLERANCE, fresh_seed, make_inputs, rel_err
+from spectformer_kernels import oracle
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+DRIVER_SOURCE = Path(__file__).resolve().parent / "host_emulation_driver.cpp"
+KERNEL_SOURCES = ["fused_dft.cu", "cufft_gate.cu"]
+H100_SMS = 132
+H100_SHARED = 227 * 1024
+DTYPE_CODES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def _compiler() -> str | None:
+    for name in ("g++", "clang++"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def compile_driver(out_dir: Path, csrc: Path = CSRC) -> Path:
+    """Builds the emulation driver from the kernels in csrc; returns its path."""
+    compiler = _compiler()
+    binary = out_dir / "host_emulation_driver"
+    command = [compiler, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror",
+               "-DSPECTFORMER_HOST_EMULATION", "-I", str(csrc),
+               "-x", "c++", *(str(csrc / name) for name in KERNEL_SOURCES), "-x", "none",
+               str(DRIVER_SOURCE),
+               "-o", str(binary)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise AssertionError(f"host emulation build failed:\n{result.stdout}{result.stderr}")
+    return binary
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    if _compiler() is None:
+        pytest.skip("no C++ compiler (g++ or clang++) to build the host emulation")
+    return compile_driver(tmp_path_factory.mktemp("host_emulation"))
+
+
+def _raw(t: torch.Tensor) -> bytes:
+    t = t.contiguous()
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
+
+
+def _from_raw(data: bytes, dtype: torch.dtype, shape) -> torch.Tensor:
+    if dtype == torch.float32:
+        return torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape)
+    return torch.frombuffer(bytearray(data), dtype=torch.int16).view(dtype).reshape(shape)
+
+
+def _layout(t: torch.Tensor, layout: str) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """A raw buffer holding t's values and t's element strides inside it."""
+    b, h, w, c = t.shape
+    if layout == "contiguous":
+        return t.contiguous(), (h * w * c, w * c, c, 1)
+    if layout == "channels_first":  # (B, C, H, W) memory seen as (B, H, W, C)
+        return t.permute(0, 3, 1, 2).contiguous(), (c * h * w, w, 1, h * w)
+    if layout == "sliced":  # every other channel of a (B, H, W, 2C) buffer
+        wide = torch.stack([t, torch.full_like(t, float("nan"))], dim=-1)
+        return wide, (h * w * 2 * c, w * 2 * c, 2 * c, 2)
+    raise ValueError(layout)
+
+
+def run_case(binary: Path, workdir: Path, path: str, shape, dtype=torch.float32, *,
+             layout="contiguous", order=2, sms=H100_SMS, shared=H100_SHARED, seed=None):
+    """Runs forward and backward in the emulation; returns (y, dx, dK, inputs)."""
+    b, h, w, c = shape
+    x, weight, grad = make_inputs(shape, dtype, seed=seed)
+    x_buf, xs = _layout(x, layout)
+    g_buf, gs = _layout(grad, "contiguous" if layout == "sliced" else layout)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "x.bin").write_bytes(_raw(x_buf))
+    (workdir / "dy.bin").write_bytes(_raw(g_buf))
+    (workdir / "k.bin").write_bytes(_raw(weight))
+    command = [str(binary), path, DTYPE_CODES[dtype], str(order), *map(str, shape), *map(str, xs),
+               *map(str, gs), str(sms), str(shared), str(workdir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (
+        f"emulated {path} {shape} failed (exit {result.returncode}; a negative code is a "
+        f"signal, e.g. a guard-page fault):\n{result.stdout}{result.stderr}")
+    y = _from_raw((workdir / "y.bin").read_bytes(), dtype, shape)
+    dx = _from_raw((workdir / "dx.bin").read_bytes(), dtype, shape)
+    dk = _from_raw((workdir / "dk.bin").read_bytes(), torch.float32, weight.shape)
+    return y, dx, dk, (x, weight, grad)
+
+
+def check_against_oracle(outputs, label):
+    y, dx, dk, (x, weight, grad) = outputs
+    y64, gx64, gw64 = oracle(x, weight, grad)
+    tol = TOLERANCE[x.dtype]
+    for name, got, want in (("y", y, y64), ("dx", dx, gx64), ("dK", dk, gw64)):
+        assert torch.isfinite(got.float()).all(), f"{label} {name}: unwritten (NaN) elements"
+        err = rel_err(got, want)
+        assert err <= tol, f"{label} {name}: rel err {err:.2e} > {tol}"
+
+
+# (path, shape, sms, shared): shapes include 1x1, odd, non-square, C not a multiple of the
+# fused kernel's channel block (<= 32) or the transpose tile (32); SM counts and shared
+# budgets chosen to give one and several dK chunks, and smaller channel blocks.
+CASES = [
+    ("fused", (2, 1, 1, 3), H100_SMS, H100_SHARED),
+    ("fused", (3, 5, 9, 7), H100_SMS, H100_SHARED),
+    ("fused", (4, 7, 6, 5), 2, H100_SHARED),
+    ("fused", (2, 14, 14, 33), 1, H100_SHARED),
+    ("fused", (5, 14, 14, 40), 3, 48 * 1024),
+    ("fused", (2, 12, 16, 10), H100_SMS, H100_SHARED),
+    ("fused", (1, 1, 17, 3), H100_SMS, H100_SHARED),
+    ("fused", (3, 17, 1, 3), 1, H100_SHARED),
+    ("fused", (1, 64, 63, 2), 1, 99 * 1024),
+    ("cufft", (2, 1, 1, 3), H100_SMS, H100_SHARED),
+    ("cufft", (3, 5, 9, 7), H100_SMS, H100_SHARED),
+    ("cufft", (2, 7, 6, 5), H100_SMS, H100_SHARED),
+    ("cufft", (2, 14, 14, 33), H100_SMS, H100_SHARED),
+    ("cufft", (2, 11, 4, 13), H100_SMS, H100_SHARED),
+    ("cufft", (1, 1, 17, 3), H100_SMS, H100_SHARED),
+    ("cufft", (3, 17, 1, 3), H100_SMS, H100_SHARED),
+    ("cufft", (1, 65, 34, 3), H100_SMS, H100_SHARED),
+]
+
+
+@pytest.mark.parametrize("path,shape,sms,shared", CASES, ids=lambda v: str(v))
+def test_kernels_match_oracle(driver, tmp_path, path, shape, sms, shared):
+    seed = fresh_seed()
+    outputs = run_case(driver, tmp_path, path, shape, sms=sms, shared=shared, seed=seed)
+    check_against_oracle(outputs, f"{path} {shape} seed {seed}")
+
+
+@pytest.mark.parametrize("path", ["fused", "cufft"])
+@pytest.mark.parametrize("layout", ["channels_first", "sliced"])
+def test_strided_inputs(driver, tmp_path, path, layout):
+    seed = fresh_seed()
+    outputs = run_case(driver, tmp_path, path, (2, 6, 7, 35), layout=layout, sms=2, seed=seed)
+    check_against_oracle(outputs, f"{path} {layout} seed {seed}")
+
+
+@pytest.mark.parametrize("path", ["fused", "cufft"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_storage(driver, tmp_path, path, dtype):
+    seed = fresh_seed()
+    outputs = run_case(driver, tmp_path, path, (2, 7, 8, 9), dtype, seed=seed)
+    check_against_oracle(outputs, f"{path} {dtype} seed {seed}")
+
+
+@pytest.mark.parametrize("path", ["fused", "cufft"])
+def test_results_do_not_depend_on_thread_order(driver, tmp_path, path):
+    """Race-free kernels give bitwise the same results whatever order the threads of a
+    phase run in; a missing barrier or a cross-thread race usually does not."""
+    seed = fresh_seed()
+    runs = [run_case(driver, tmp_path / str(order), path, (3, 9, 10, 37), order=order, sms=2,
+                     seed=seed) for order in (0, 1, 2)]
+    for other in runs[1:]:
+        for got, want in zip(other[:3], runs[0][:3]):
+            assert torch.equal(got, want), f"{path}: results depend on thread order (seed {seed})"
+
+
+# Deliberate bugs, each of which the harness must catch: (file, text, replacement, path,
+# shape). The text must occur exactly once; when a kernel is rewritten, update the mutation.
+MUTATIONS = {
+    "missing_barrier": ("fused_dft.cu", " gate);\n    __syncthreads();\n", " gate);\n", "fused",
+                        (2, 5, 6, 7)),
+    "channel_tail": ("fused_dft.cu", "d.nc = min(CB, C - d.c0);", "d.nc = CB;", "fused",
+                     (2, 5, 6, 7)),
+    "hermitian_mirror": ("cufft_gate.cu", "const int hn = h == 0 ? 0 : H - h;", "const int hn = h + 0 * H;",
+                         "cufft", (2, 5, 6, 3)),
+    "pack_row_col": ("cufft_gate.cu", "(p / W) * xs.h + (p % W) * xs.w",
+                     "(p % H) * xs.h + (p / H) * xs.w", "cufft", (1, 5, 6, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_emulation_catches_deliberate_bugs(tmp_path, name):
+    """The harness can fail: a copy of csrc/ with one deliberate bug disagrees with the
+    oracle, crashes on a guard page, or is rejected by the barrier model."""
+    if _compiler() is None:
+        pytest.skip("no C++ compiler (g++ or clang++) to build the host emulation")
+    file, text, replacement, path, shape = MUTATIONS[name]
+    mutated = tmp_path / "csrc"
+    shutil.copytree(CSRC, mutated, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    source = (mutated / file).read_text()
+    assert source.count(text) == 1, f"mutation {name!r} no longer matches {file}; update it"
+    (mutated / file).write_text(source.replace(text, replacement))
+    binary = compile_driver(tmp_path, csrc=mutated)
+    try:
+        outputs = run_case(binary, tmp_path / "run", path, shape)
+    except AssertionError:
+        return  # crashed (guard page, barrier divergence, launch error): caught
+    with pytest.raises(AssertionError):
+        check_against_oracle(outputs, f"mutation {name}")
