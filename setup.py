@@ -6,6 +6,11 @@ Package metadata lives in pyproject.toml; this file only adds the extension. Swi
     SPECTFORMER_BUILD_CUDA=1     build it, and fail if that is impossible
     (unset)                      build it when a CUDA toolkit (nvcc) and a CUDA build of
                                  torch are both present; otherwise install without it
+    SPECTFORMER_CUFFT_CALLBACKS=0|1  cuFFT LTO callbacks (pack, gate and unpack inside cuFFT):
+                                 0 never, 1 required, unset when the toolkit can build them
+                                 (CUDA 13 cufftXt.h, nvcc with LTO-IR output). At run time
+                                 the extension falls back to its gate kernel wherever callback
+                                 plans cannot be made, or with SPECTFORMER_CUFFT_CALLBACKS=0.
     TORCH_CUDA_ARCH_LIST         target architectures (default "8.0;9.0+PTX")
     MAX_JOBS                     parallel compile jobs (default: bounded by CPUs and memory)
 
@@ -65,10 +70,56 @@ def _bounded_max_jobs() -> str:
     return str(max(1, min(cpus, int(mem_gib // GIB_PER_COMPILE_JOB))))
 
 
+def _switch(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if value not in ("", "0", "1"):
+        raise SystemExit(f"{name} must be 0, 1 or unset, got {value!r}")
+    return value
+
+
+def _lto_callback_setup(paths, cuda_home: str, cufft) -> tuple[list, list, list]:
+    """(include dirs, nvcc flags, link args) for the cuFFT LTO callbacks, all empty when they
+    are off. The callbacks are compiled to an LTO-IR fatbin per target arch and embedded as a
+    generated header; cuFFT links them with nvJitLink when a plan is made."""
+    switch = _switch("SPECTFORMER_CUFFT_CALLBACKS")
+    if switch == "0":
+        _log("SPECTFORMER_CUFFT_CALLBACKS=0: cuFFT path without LTO callbacks")
+        return [], [], []
+    reason = None
+    nvjitlink = paths.find_nvjitlink([cufft.library_dir, Path(cuda_home) / "lib64",
+                                      Path(cuda_home) / "lib"])
+    if not paths.has_jit_callbacks(cufft.include_dir):
+        reason = f"{cufft.include_dir}/cufftXt.h has no CUDA 13 cufftXtSetJITCallback"
+    elif nvjitlink is None:
+        reason = "no libnvJitLink found next to cuFFT or in the toolkit"
+    else:
+        out_dir = ROOT / "build" / "generated"
+        try:
+            paths.build_callback_header(
+                str(Path(cuda_home) / "bin" / "nvcc"), CSRC, [cufft.include_dir],
+                paths.lto_archs(os.environ["TORCH_CUDA_ARCH_LIST"]), out_dir)
+        except Exception as error:  # nvcc without LTO-IR support, or a compile error
+            output = getattr(error, "stderr", "") or ""
+            reason = f"compiling csrc/{paths.CALLBACK_SOURCE} to LTO-IR failed: {error} {output}"
+    if reason is not None:
+        if switch == "1":
+            raise SystemExit(f"SPECTFORMER_CUFFT_CALLBACKS=1 but they cannot be built: {reason}")
+        _log(f"cuFFT path without LTO callbacks: {reason}")
+        return [], [], []
+    folder, name = nvjitlink
+    _log(f"cuFFT LTO callbacks on (nvJitLink {folder / name})")
+    # cuFFT dlopens nvJitLink by soname; linking it here (kept although no symbol is used)
+    # with an rpath loads it first, so cuFFT finds it without LD_LIBRARY_PATH.
+    link = [f"-L{folder}", "-Wl,--push-state,--no-as-needed", f"-l:{name}", "-Wl,--pop-state",
+            f"-Wl,-rpath,{folder}"]
+    return [str(ROOT / "build" / "generated")], ["-DSPECTFORMER_CUFFT_LTO_CALLBACKS=1"], link
+
+
 def _cuda_extension():
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
 
-    cufft = _load_cufft_paths().find_cufft(CUDA_HOME)
+    paths = _load_cufft_paths()
+    cufft = paths.find_cufft(CUDA_HOME)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
     os.environ.setdefault("MAX_JOBS", _bounded_max_jobs())
     _log(
@@ -78,6 +129,7 @@ def _cuda_extension():
     # Link the exact library file (wheels ship only libcufft.so.N, no libcufft.so), and
     # record its folder as an rpath for processes that have not loaded cuFFT through torch.
     link_args = [f"-L{cufft.library_dir}", f"-l:{cufft.library_file}", f"-Wl,-rpath,{cufft.library_dir}"]
+    cb_includes, cb_flags, cb_link = _lto_callback_setup(paths, CUDA_HOME, cufft)
     extension = CUDAExtension(
         name="spectformer_kernels._C",
         sources=[
@@ -85,20 +137,18 @@ def _cuda_extension():
             "csrc/fused_dft.cu",
             "csrc/cufft_gate.cu",
         ],
-        include_dirs=[str(CSRC), str(cufft.include_dir)],
+        include_dirs=[str(CSRC), str(cufft.include_dir), *cb_includes],
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"],
-            "nvcc": ["-O3", "-std=c++17", "-lineinfo"],
+            "cxx": ["-O3", "-std=c++17", *cb_flags],
+            "nvcc": ["-O3", "-std=c++17", "-lineinfo", *cb_flags],
         },
-        extra_link_args=link_args,
+        extra_link_args=link_args + cb_link,
     )
     return [extension], {"build_ext": BuildExtension}
 
 
 def _extension_setup_args() -> dict:
-    switch = os.environ.get("SPECTFORMER_BUILD_CUDA", "").strip()
-    if switch not in ("", "0", "1"):
-        raise SystemExit(f"SPECTFORMER_BUILD_CUDA must be 0, 1 or unset, got {switch!r}")
+    switch = _switch("SPECTFORMER_BUILD_CUDA")
     if switch == "0":
         _log("SPECTFORMER_BUILD_CUDA=0: not building the CUDA extension")
         return {}

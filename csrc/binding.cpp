@@ -105,7 +105,7 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight, c10::stri
                                             k.data_ptr<float>(), y.data_ptr(), max_shared, stream));
   } else {
     size_t bytes = 0;
-    check_status(spectformer::cufft_forward_workspace_bytes(shape, &bytes));
+    check_status(spectformer::cufft_forward_workspace_bytes(shape, dtype, stream, &bytes));
     at::Tensor scratch = workspace(bytes, x);
     check_status(spectformer::cufft_forward(shape, dtype, x.data_ptr(), strides_of(x),
                                             k.data_ptr<float>(), y.data_ptr(),
@@ -142,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out, con
         bytes ? scratch.data_ptr() : nullptr, num_sms, max_shared, stream));
   } else {
     size_t bytes = 0;
-    check_status(spectformer::cufft_backward_workspace_bytes(shape, &bytes));
+    check_status(spectformer::cufft_backward_workspace_bytes(shape, dtype, stream, &bytes));
     at::Tensor scratch = workspace(bytes, x);
     check_status(spectformer::cufft_backward(
         shape, dtype, grad_out.data_ptr(), strides_of(grad_out), x.data_ptr(), strides_of(x),
@@ -185,4 +185,5 @@ TORCH_LIBRARY_IMPL(spectformer_cuda, Meta, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "CUDA kernels of the spectral gate; importing registers torch.ops.spectformer_cuda";
   m.attr("fused_max_size") = spectformer::kFusedMaxSize;
+  m.attr("cufft_lto_callbacks") = spectformer::cufft_lto_callbacks_built();
 }

@@ -22,12 +22,28 @@
 #include <cufft.h>
 #endif
 
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
 
 #include "common.cuh"
+
+#ifndef SPECTFORMER_CUFFT_LTO_CALLBACKS
+#define SPECTFORMER_CUFFT_LTO_CALLBACKS 0
+#endif
+// With SPECTFORMER_CUFFT_LTO_CALLBACKS (set by setup.py when the toolkit can build them) the
+// pack, gate and unpack passes move into cuFFT as LTO callbacks (cufft_callbacks.cu); the
+// kernel path below stays as the fallback wherever callback plans cannot be made.
+#if SPECTFORMER_CUFFT_LTO_CALLBACKS
+#ifndef SPECTFORMER_HOST_EMULATION
+#include <cufftXt.h>
+#endif
+
+#include "cufft_callbacks.h"
+#include "spectformer_cufft_callbacks_fatbin.h"  // generated at build time: the LTO-IR fatbin
+#endif
 
 namespace spectformer {
 namespace {
@@ -292,8 +308,8 @@ size_t spec_bytes(const GateShape& s) {
 }
 
 // Both directions use planes + two spectra + the work area.
-size_t scratch_bytes(const GateShape& s, const PlanPair& plans) {
-  return planes_bytes(s) + 2 * spec_bytes(s) + aligned(plans.work_bytes);
+size_t scratch_bytes(const GateShape& s, size_t work_bytes) {
+  return planes_bytes(s) + 2 * spec_bytes(s) + aligned(work_bytes);
 }
 
 Scratch carve(const GateShape& s, void* workspace) {
@@ -309,8 +325,8 @@ Scratch carve(const GateShape& s, void* workspace) {
   return sc;
 }
 
-Status validate_workspace(const GateShape& s, PlanPair* plans, void* workspace, size_t bytes) {
-  const size_t needed = scratch_bytes(s, *plans);
+Status validate_workspace(const GateShape& s, size_t work_bytes, void* workspace, size_t bytes) {
+  const size_t needed = scratch_bytes(s, work_bytes);
   if (workspace == nullptr || bytes < needed) {
     return "cuFFT path: workspace of " + std::to_string(bytes) + " bytes given, " +
            std::to_string(needed) + " needed";
@@ -367,12 +383,234 @@ Status check_sizes(const GateShape& s) {
     if (!status_.empty()) return status_; \
   } while (0)
 
-template <typename T>
-Status forward_impl(const GateShape& s, const void* x, Strides4 xs, const float* weight, void* y,
-                    void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+// ---- cuFFT LTO callback plans ------------------------------------------------------------
+
+#if SPECTFORMER_CUFFT_LTO_CALLBACKS
+
+// Callback plans bake in callerInfo (a parameter block rewritten before each exec on the
+// caller's stream) and the dtype's load/store callbacks, so they are cached per device,
+// stream, shape and dtype. Three plans: R2C with load + gate store (forward), R2C with load
+// only (backward: X and D stay raw for dK), C2R with the real store (both directions).
+enum CallbackPlanIndex { kR2CGate = 0, kR2CLoad = 1, kC2RStore = 2, kCallbackPlans = 3 };
+
+struct CallbackPlans {
+  cufftHandle plan[kCallbackPlans] = {};
+  bool created[kCallbackPlans] = {};
+  CallbackParams* params = nullptr;    // device memory, one block per plan
+  void* caller_info[kCallbackPlans] = {};  // stable storage for the pointers cuFFT is given
+  size_t work_bytes = 0;
+  std::mutex exec_mutex;
+  ~CallbackPlans() {
+    for (int i = 0; i < kCallbackPlans; ++i) {
+      if (created[i]) cufftDestroy(plan[i]);
+    }
+    if (params) cudaFree(params);
+  }
+};
+
+// device, stream, planes, H, W, dtype
+using CallbackKey = std::tuple<int, uintptr_t, int64_t, int64_t, int64_t, int>;
+
+std::mutex callback_cache_mutex;
+// A null entry records that making the plans failed here, so the fallback is used without
+// retrying on every call.
+std::map<CallbackKey, std::unique_ptr<CallbackPlans>>& callback_plan_cache() {
+  static auto* cache = new std::map<CallbackKey, std::unique_ptr<CallbackPlans>>();
+  return *cache;
+}
+
+// SPECTFORMER_CUFFT_CALLBACKS=0 at run time forces the kernel path (for comparisons).
+bool callbacks_disabled_by_env() {
+  const char* v = std::getenv("SPECTFORMER_CUFFT_CALLBACKS");
+  return v != nullptr && v[0] == '0' && v[1] == '\0';
+}
+
+const char* load_callback_name(ScalarType dtype) {
+  switch (dtype) {
+    case ScalarType::kBFloat16: return kLoadRealBF16;
+    case ScalarType::kFloat16: return kLoadRealF16;
+    default: return kLoadRealF32;
+  }
+}
+
+const char* store_callback_name(ScalarType dtype) {
+  switch (dtype) {
+    case ScalarType::kBFloat16: return kStoreRealBF16;
+    case ScalarType::kFloat16: return kStoreRealF16;
+    default: return kStoreRealF32;
+  }
+}
+
+Status set_jit_callback(cufftHandle plan, const char* name, cufftXtCallbackType type,
+                        void** caller_info) {
+  SPECTFORMER_CUFFT_TRY(cufftXtSetJITCallback(plan, name, kCufftCallbacksFatbin,
+                                              sizeof(kCufftCallbacksFatbin), type, caller_info));
+  return Status();
+}
+
+// Callbacks must be attached after cufftCreate and before the planning call.
+Status make_callback_plans(CallbackPlans* p, ScalarType dtype, int64_t planes, int64_t H,
+                           int64_t W) {
+  SPECTFORMER_CUDA_TRY(cudaMalloc(&p->params, kCallbackPlans * sizeof(CallbackParams)));
+  for (int i = 0; i < kCallbackPlans; ++i) {
+    SPECTFORMER_CUFFT_TRY(cufftCreate(&p->plan[i]));
+    p->created[i] = true;
+    SPECTFORMER_CUFFT_TRY(cufftSetAutoAllocation(p->plan[i], 0));
+    p->caller_info[i] = p->params + i;
+    void** info = &p->caller_info[i];
+    if (i == kR2CGate || i == kR2CLoad) {
+      SPECTFORMER_RETURN_IF_ERROR(
+          set_jit_callback(p->plan[i], load_callback_name(dtype), CUFFT_CB_LD_REAL, info));
+    }
+    if (i == kR2CGate) {
+      SPECTFORMER_RETURN_IF_ERROR(
+          set_jit_callback(p->plan[i], kStoreGate, CUFFT_CB_ST_COMPLEX, info));
+    }
+    if (i == kC2RStore) {
+      SPECTFORMER_RETURN_IF_ERROR(
+          set_jit_callback(p->plan[i], store_callback_name(dtype), CUFFT_CB_ST_REAL, info));
+    }
+    long long n[2] = {H, W};
+    size_t work = 0;
+    SPECTFORMER_CUFFT_TRY(cufftMakePlanMany64(p->plan[i], 2, n, nullptr, 1, 0, nullptr, 1, 0,
+                                              i == kC2RStore ? CUFFT_C2R : CUFFT_R2C, planes,
+                                              &work));
+    p->work_bytes = std::max(p->work_bytes, work);
+  }
+  return Status();
+}
+
+// The callback plans for this call, or null where they are disabled or cannot be made here
+// (e.g. no nvJitLink at run time, or a driver too old for the embedded LTO-IR).
+CallbackPlans* get_callback_plans(const GateShape& s, ScalarType dtype, cudaStream_t stream) {
+  if (callbacks_disabled_by_env()) return nullptr;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return nullptr;
+  std::lock_guard<std::mutex> lock(callback_cache_mutex);
+  auto& cache = callback_plan_cache();
+  const CallbackKey key{device, reinterpret_cast<uintptr_t>(stream), s.batch * s.channels,
+                        s.height, s.width, static_cast<int>(dtype)};
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    auto plans = std::make_unique<CallbackPlans>();
+    const Status made = make_callback_plans(plans.get(), dtype, s.batch * s.channels, s.height,
+                                            s.width);
+    if (!made.empty()) {
+      plans.reset();
+      cudaGetLastError();  // a failed cudaMalloc must not surface at the next launch check
+    }
+    it = cache.emplace(key, std::move(plans)).first;
+  }
+  return it->second.get();
+}
+
+__global__ void set_callback_params_kernel(CallbackParams* dst, CallbackParams value) {
+  *dst = value;
+}
+
+// Rewrites plan i's parameter block, then runs it; both on `stream`, so an earlier exec of
+// the same plan has finished reading the block before it changes.
+Status exec_with_callbacks(CallbackPlans* p, int i, const CallbackParams& params, void* in,
+                           void* out, void* work, cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(p->exec_mutex);
+  SPECTFORMER_LAUNCH(set_callback_params_kernel, 1, 1, 0, stream, p->params + i, params);
+  SPECTFORMER_LAUNCH_CHECK("set_callback_params_kernel");
+  SPECTFORMER_CUFFT_TRY(cufftSetStream(p->plan[i], stream));
+  SPECTFORMER_CUFFT_TRY(cufftSetWorkArea(p->plan[i], work));
+  if (i == kC2RStore) {
+    SPECTFORMER_CUFFT_TRY(cufftExecC2R(p->plan[i], static_cast<cufftComplex*>(in),
+                                       static_cast<cufftReal*>(out)));
+  } else {
+    SPECTFORMER_CUFFT_TRY(cufftExecR2C(p->plan[i], static_cast<cufftReal*>(in),
+                                       static_cast<cufftComplex*>(out)));
+  }
+  return Status();
+}
+
+CallbackParams callback_params(const GateShape& s, const void* src, Strides4 src_strides,
+                               void* dst, const float* weight) {
+  CallbackParams p;
+  p.src = src;
+  p.src_strides = src_strides;
+  p.dst = dst;
+  p.weight = weight;
+  p.H = static_cast<int>(s.height);
+  p.W = static_cast<int>(s.width);
+  p.C = static_cast<int>(s.channels);
+  p.scale = 1.f / static_cast<float>(s.height * s.width);
+  return p;
+}
+
+// x -> R2C (load: read and cast x; store: gate) -> C2R (store: cast and write y). cuFFT's
+// own input and output pointers are scratch it may use; the callbacks do the real I/O.
+Status forward_with_callbacks(CallbackPlans* p, const GateShape& s, const void* x, Strides4 xs,
+                              const float* weight, void* y, const Scratch& sc,
+                              cudaStream_t stream) {
+  const Strides4 none{0, 0, 0, 0};
+  SPECTFORMER_RETURN_IF_ERROR(exec_with_callbacks(p, kR2CGate,
+                                                  callback_params(s, x, xs, nullptr, weight),
+                                                  sc.planes, sc.spec_a, sc.work, stream));
+  return exec_with_callbacks(p, kC2RStore, callback_params(s, nullptr, none, y, nullptr),
+                             sc.spec_a, sc.planes, sc.work, stream);
+}
+
+Status backward_with_callbacks(CallbackPlans* p, const GateShape& s, const void* grad_y,
+                               Strides4 gs, const void* x, Strides4 xs, const float* weight,
+                               void* grad_x, float* grad_weight, const Scratch& sc,
+                               cudaStream_t stream) {
+  const Strides4 none{0, 0, 0, 0};
+  SPECTFORMER_RETURN_IF_ERROR(exec_with_callbacks(p, kR2CLoad,
+                                                  callback_params(s, x, xs, nullptr, nullptr),
+                                                  sc.planes, sc.spec_a, sc.work, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_with_callbacks(p, kR2CLoad,
+                                                  callback_params(s, grad_y, gs, nullptr, nullptr),
+                                                  sc.planes, sc.spec_b, sc.work, stream));
+  const int64_t weight_bins = s.channels * s.height * s.half_width();
+  SPECTFORMER_LAUNCH(gate_backward_kernel, elementwise_blocks(weight_bins), kThreads, 0, stream,
+      sc.spec_a, sc.spec_b, weight, sc.spec_a, grad_weight, s.batch, static_cast<int>(s.height),
+      static_cast<int>(s.width), static_cast<int>(s.channels),
+      1.f / static_cast<float>(s.height * s.width));
+  SPECTFORMER_LAUNCH_CHECK("gate_backward_kernel");
+  return exec_with_callbacks(p, kC2RStore, callback_params(s, nullptr, none, grad_x, nullptr),
+                             sc.spec_a, sc.planes, sc.work, stream);
+}
+
+#endif  // SPECTFORMER_CUFFT_LTO_CALLBACKS
+
+// Work-area bytes of the plans this call will use, creating them on first use.
+Status plan_work_bytes(const GateShape& s, ScalarType dtype, cudaStream_t stream,
+                       size_t* work_bytes) {
+#if SPECTFORMER_CUFFT_LTO_CALLBACKS
+  if (CallbackPlans* cb = get_callback_plans(s, dtype, stream)) {
+    *work_bytes = cb->work_bytes;
+    return Status();
+  }
+#else
+  (void)dtype;
+  (void)stream;
+#endif
   PlanPair* plans = nullptr;
   SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, &plans));
-  SPECTFORMER_RETURN_IF_ERROR(validate_workspace(s, plans, workspace, workspace_bytes));
+  *work_bytes = plans->work_bytes;
+  return Status();
+}
+
+template <typename T>
+Status forward_impl(const GateShape& s, ScalarType dtype, const void* x, Strides4 xs,
+                    const float* weight, void* y, void* workspace, size_t workspace_bytes,
+                    cudaStream_t stream) {
+#if SPECTFORMER_CUFFT_LTO_CALLBACKS
+  if (CallbackPlans* cb = get_callback_plans(s, dtype, stream)) {
+    SPECTFORMER_RETURN_IF_ERROR(validate_workspace(s, cb->work_bytes, workspace, workspace_bytes));
+    return forward_with_callbacks(cb, s, x, xs, weight, y, carve(s, workspace), stream);
+  }
+#else
+  (void)dtype;
+#endif
+  PlanPair* plans = nullptr;
+  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, &plans));
+  SPECTFORMER_RETURN_IF_ERROR(
+      validate_workspace(s, plans->work_bytes, workspace, workspace_bytes));
   const Scratch sc = carve(s, workspace);
   const int64_t bins = s.batch * s.channels * s.height * s.half_width();
   const float scale = 1.f / static_cast<float>(s.height * s.width);
@@ -388,12 +626,23 @@ Status forward_impl(const GateShape& s, const void* x, Strides4 xs, const float*
 }
 
 template <typename T>
-Status backward_impl(const GateShape& s, const void* grad_y, Strides4 gs, const void* x,
-                     Strides4 xs, const float* weight, void* grad_x, float* grad_weight,
-                     void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+Status backward_impl(const GateShape& s, ScalarType dtype, const void* grad_y, Strides4 gs,
+                     const void* x, Strides4 xs, const float* weight, void* grad_x,
+                     float* grad_weight, void* workspace, size_t workspace_bytes,
+                     cudaStream_t stream) {
+#if SPECTFORMER_CUFFT_LTO_CALLBACKS
+  if (CallbackPlans* cb = get_callback_plans(s, dtype, stream)) {
+    SPECTFORMER_RETURN_IF_ERROR(validate_workspace(s, cb->work_bytes, workspace, workspace_bytes));
+    return backward_with_callbacks(cb, s, grad_y, gs, x, xs, weight, grad_x, grad_weight,
+                                   carve(s, workspace), stream);
+  }
+#else
+  (void)dtype;
+#endif
   PlanPair* plans = nullptr;
   SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, &plans));
-  SPECTFORMER_RETURN_IF_ERROR(validate_workspace(s, plans, workspace, workspace_bytes));
+  SPECTFORMER_RETURN_IF_ERROR(
+      validate_workspace(s, plans->work_bytes, workspace, workspace_bytes));
   const Scratch sc = carve(s, workspace);
   const int64_t weight_bins = s.channels * s.height * s.half_width();
   const float scale = 1.f / static_cast<float>(s.height * s.width);
@@ -413,18 +662,22 @@ Status backward_impl(const GateShape& s, const void* grad_y, Strides4 gs, const 
 
 }  // namespace
 
-Status cufft_forward_workspace_bytes(const GateShape& s, size_t* bytes) {
+bool cufft_lto_callbacks_built() { return SPECTFORMER_CUFFT_LTO_CALLBACKS != 0; }
+
+Status cufft_forward_workspace_bytes(const GateShape& s, ScalarType dtype, cudaStream_t stream,
+                                     size_t* bytes) {
   SPECTFORMER_RETURN_IF_ERROR(check_sizes(s));
   *bytes = 0;
   if (s.batch == 0) return Status();
-  PlanPair* plans = nullptr;
-  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, &plans));
-  *bytes = scratch_bytes(s, *plans);
+  size_t work = 0;
+  SPECTFORMER_RETURN_IF_ERROR(plan_work_bytes(s, dtype, stream, &work));
+  *bytes = scratch_bytes(s, work);
   return Status();
 }
 
-Status cufft_backward_workspace_bytes(const GateShape& s, size_t* bytes) {
-  return cufft_forward_workspace_bytes(s, bytes);
+Status cufft_backward_workspace_bytes(const GateShape& s, ScalarType dtype, cudaStream_t stream,
+                                      size_t* bytes) {
+  return cufft_forward_workspace_bytes(s, dtype, stream, bytes);
 }
 
 Status cufft_forward(const GateShape& s, ScalarType dtype, const void* x, Strides4 xs,
@@ -433,7 +686,7 @@ Status cufft_forward(const GateShape& s, ScalarType dtype, const void* x, Stride
   SPECTFORMER_RETURN_IF_ERROR(check_sizes(s));
   if (s.batch == 0) return Status();
   SPECTFORMER_DISPATCH_DTYPE(dtype, T, [&]() -> Status {
-    return forward_impl<T>(s, x, xs, weight, y, workspace, workspace_bytes, stream);
+    return forward_impl<T>(s, dtype, x, xs, weight, y, workspace, workspace_bytes, stream);
   });
 }
 
@@ -448,7 +701,7 @@ Status cufft_backward(const GateShape& s, ScalarType dtype, const void* grad_y, 
     return Status();
   }
   SPECTFORMER_DISPATCH_DTYPE(dtype, T, [&]() -> Status {
-    return backward_impl<T>(s, grad_y, gs, x, xs, weight, grad_x, grad_weight, workspace,
+    return backward_impl<T>(s, dtype, grad_y, gs, x, xs, weight, grad_x, grad_weight, workspace,
                             workspace_bytes, stream);
   });
 }

@@ -53,3 +53,74 @@ def find_cufft(cuda_home: Optional[str] = None) -> Optional[CufftLocation]:
             name = _library_in(lib_dir)
             return CufftLocation(header.parent, lib_dir if name else None, name)
     return None
+
+
+# ---- cuFFT LTO callbacks ------------------------------------------------------------------
+
+CALLBACK_SOURCE = "cufft_callbacks.cu"
+CALLBACK_HEADER = "spectformer_cufft_callbacks_fatbin.h"
+
+
+def has_jit_callbacks(include_dir: Path) -> bool:
+    """Whether this cuFFT declares the CUDA 13 form of ``cufftXtSetJITCallback`` (with the
+    callback's symbol name), the one ``cufft_gate.cu`` calls."""
+    header = Path(include_dir) / "cufftXt.h"
+    if not header.exists():
+        return False
+    text = header.read_text(errors="replace")
+    return "cufftXtSetJITCallback(cufftHandle plan, const char*" in " ".join(text.split())
+
+
+def find_nvjitlink(folders) -> Optional[tuple[Path, str]]:
+    """(folder, file name) of libnvJitLink, which cuFFT loads at run time to link LTO
+    callbacks, from the first folder that has one; None if none does."""
+    for folder in folders:
+        if folder is None:
+            continue
+        found = sorted(Path(folder).glob("libnvJitLink.so*"), key=lambda p: len(p.name))
+        if found:
+            return Path(folder), found[0].name
+    return None
+
+
+def lto_archs(arch_list: str) -> list[str]:
+    """Compute capabilities ("90", ...) for the LTO-IR from a TORCH_CUDA_ARCH_LIST value."""
+    archs = []
+    for item in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        item = item.strip().replace("+PTX", "")
+        if item and item[0].isdigit():
+            major, _, minor = item.partition(".")
+            arch = f"{major}{minor or '0'}"
+            if arch not in archs:
+                archs.append(arch)
+    return archs or ["90"]
+
+
+def build_callback_header(nvcc: str, csrc: Path, include_dirs: list, archs: list[str],
+                          out_dir: Path) -> Path:
+    """Compiles ``csrc/cufft_callbacks.cu`` to an LTO-IR fatbin (one entry per arch) and writes
+    it as a C array header ``kCufftCallbacksFatbin`` into ``out_dir``; returns the header.
+    Raises ``subprocess.CalledProcessError`` with the compiler output if nvcc fails."""
+    import subprocess
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fatbin = out_dir / "spectformer_cufft_callbacks.fatbin"
+    command = [nvcc, "-std=c++17", "-O3", "-dc", "-fatbin", "-I", str(csrc)]
+    for include in include_dirs:
+        command += ["-I", str(include)]
+    for arch in archs:
+        command += ["-gencode", f"arch=compute_{arch},code=lto_{arch}"]
+    command += [str(Path(csrc) / CALLBACK_SOURCE), "-o", str(fatbin)]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    data = fatbin.read_bytes()
+    lines = [", ".join(f"0x{b:02x}" for b in data[i:i + 16]) for i in range(0, len(data), 16)]
+    header = out_dir / CALLBACK_HEADER
+    header.write_text(
+        "// Generated at build time from csrc/cufft_callbacks.cu (LTO-IR fatbin); do not edit.\n"
+        "#pragma once\n"
+        "alignas(16) static const unsigned char kCufftCallbacksFatbin[] = {\n  "
+        + ",\n  ".join(lines)
+        + "\n};\n"
+    )
+    return header

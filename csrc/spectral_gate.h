@@ -9,7 +9,8 @@
 // Two implementations:
 //   fused  one kernel per direction: a tile of channels in shared memory, DFT as sums
 //          over small twiddle tables, gate, inverse, store (H, W <= kFusedMaxSize).
-//   cufft  one batched R2C and one C2R plan with the gate in a small kernel between.
+//   cufft  one batched R2C and one C2R plan with the gate in a small kernel between, or
+//          (built with SPECTFORMER_CUFFT_LTO_CALLBACKS) inside cuFFT's kernels as callbacks.
 //
 // Every function returns an empty Status on success, else a sentence saying what failed.
 #pragma once
@@ -60,10 +61,18 @@ Status fused_backward(const GateShape& shape, ScalarType dtype, const void* grad
                       int num_sms, int max_shared_bytes, cudaStream_t stream);
 
 // ---- cuFFT path ------------------------------------------------------------------
+// Whether the extension was built with the cuFFT LTO callbacks (pack, gate and unpack inside
+// cuFFT). Even then a call falls back to the kernel path where callback plans cannot be
+// made, or when the environment sets SPECTFORMER_CUFFT_CALLBACKS=0.
+bool cufft_lto_callbacks_built();
+
 // Scratch bytes (packed planes, spectra and the cuFFT work area). Creates and caches the
-// plans for this shape on the current device, so call it with the target device current.
-Status cufft_forward_workspace_bytes(const GateShape& shape, size_t* bytes);
-Status cufft_backward_workspace_bytes(const GateShape& shape, size_t* bytes);
+// plans this call will use (callback plans are per stream and dtype) on the current device,
+// so call it with the target device current and the stream and dtype of the call.
+Status cufft_forward_workspace_bytes(const GateShape& shape, ScalarType dtype,
+                                     cudaStream_t stream, size_t* bytes);
+Status cufft_backward_workspace_bytes(const GateShape& shape, ScalarType dtype,
+                                      cudaStream_t stream, size_t* bytes);
 
 Status cufft_forward(const GateShape& shape, ScalarType dtype, const void* x, Strides4 x_strides,
                      const float* weight, void* y, void* workspace, size_t workspace_bytes,

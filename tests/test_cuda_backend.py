@@ -41,12 +41,16 @@ def _nvcc() -> str | None:
     return None
 
 
-def _cufft_include() -> Path | None:
+def _cufft_paths():
     spec = importlib.util.spec_from_file_location("cufft_paths", CSRC / "cufft_paths.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def _cufft_include() -> Path | None:
     nvcc = _nvcc()
-    location = module.find_cufft(str(Path(nvcc).resolve().parent.parent) if nvcc else None)
+    location = _cufft_paths().find_cufft(str(Path(nvcc).resolve().parent.parent) if nvcc else None)
     return None if location is None else location.include_dir
 
 
@@ -80,6 +84,38 @@ def test_cuda_source_compiles_for_sm90(source, tmp_path):
         command[1:1] = ["-I", str(include)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"nvcc failed on {source.name}:\n{result.stdout}{result.stderr}"
+
+
+def test_cufft_lto_callbacks_compile(tmp_path):
+    """The build's callback step: cufft_callbacks.cu to an LTO-IR fatbin for sm_80 and sm_90
+    (embedded as a C array), then cufft_gate.cu with SPECTFORMER_CUFFT_LTO_CALLBACKS against it."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (install a CUDA toolkit or set CUDA_HOME)")
+    include = _cufft_include()
+    if include is None:
+        pytest.skip("cufftXt.h not found (the nvidia-cufft wheel, 'test' extra)")
+    paths = _cufft_paths()
+    if not paths.has_jit_callbacks(include):
+        pytest.skip("this cuFFT has no CUDA 13 cufftXtSetJITCallback")
+    try:
+        header = paths.build_callback_header(nvcc, CSRC, [include], paths.lto_archs("8.0;9.0"),
+                                             tmp_path)
+    except subprocess.CalledProcessError as error:
+        pytest.fail(f"LTO-IR build of cufft_callbacks.cu failed:\n{error.stdout}{error.stderr}")
+    assert header.stat().st_size > 1000
+    command = [nvcc, "-arch=sm_90", "-std=c++17", "-O1", "-Werror", "all-warnings",
+               "-DSPECTFORMER_CUFFT_LTO_CALLBACKS=1", "-I", str(CSRC), "-I", str(include),
+               "-I", str(tmp_path), "-c", str(CSRC / "cufft_gate.cu"), "-o", str(tmp_path / "g.o")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"nvcc failed:\n{result.stdout}{result.stderr}"
+
+
+def test_lto_arch_list():
+    paths = _cufft_paths()
+    assert paths.lto_archs("8.0;9.0+PTX") == ["80", "90"]
+    assert paths.lto_archs("9.0") == ["90"]
+    assert paths.lto_archs("") == ["90"]
 
 
 # ---- without the extension or a GPU -----------------------------------------------------------
@@ -160,6 +196,27 @@ def test_cufft_gate_algebra_matches_oracle(shape):
     assert rel_err(y, y64) < 1e-12
     assert rel_err(dx, gx64) < 1e-12
     assert rel_err(torch.view_as_real(dk), gw64) < 1e-12
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 9, 3), (2, 6, 8, 2), (1, 7, 7, 4), (2, 4, 1, 3)], ids=str)
+def test_cufft_callback_gate_algebra(shape):
+    """The LTO store callback's gate (csrc/cufft_callbacks.cu): every bin on its own, with the
+    Hermitian part of K along H in the DC/Nyquist columns, X * (K[h] + conj(K[-h])) / 2. As X
+    is Hermitian there, that is the Hermitian part of X K, so the C2R input is Hermitian."""
+    b, h, w, c = shape
+    x, weight, grad = (t.double() for t in make_inputs(shape))
+    k = torch.view_as_complex(weight.contiguous())
+    mirror = (-torch.arange(h)) % h
+    k_cb = k.clone()
+    for col in [0] + ([w // 2] if w % 2 == 0 else []):
+        k_cb[:, col] = (k[:, col] + k[mirror, col].conj()) / 2
+    X = torch.fft.rfft2(x, dim=(1, 2))
+    Y = X * k_cb / (h * w)
+    for col in [0] + ([w // 2] if w % 2 == 0 else []):
+        herm = torch.view_as_real(Y[:, mirror, col].conj().resolve_conj())
+        assert rel_err(herm, torch.view_as_real(Y[:, :, col])) < 1e-13
+    y64 = oracle(x, weight)
+    assert rel_err(_exact_c2r(Y, w), y64) < 1e-12
 
 
 # ---- on a GPU, with the extension built -------------------------------------------------------

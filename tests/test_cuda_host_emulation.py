@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 DRIVER_SOURCE = Path(__file__).resolve().parent / "host_emulation_driver.cpp"
 KERNEL_SOURCES = ["fused_dft.cu", "cufft_gate.cu"]
+CALLBACK_HEADER = "spectformer_cufft_callbacks_fatbin.h"
 H100_SMS = 132
 H100_SHARED = 227 * 1024
 DTYPE_CODES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -38,15 +39,24 @@ def _compiler() -> str | None:
     return None
 
 
-def compile_driver(out_dir: Path, csrc: Path = CSRC) -> Path:
-    """Builds the emulation driver from the kernels in csrc; returns its path."""
+def compile_driver(out_dir: Path, csrc: Path = CSRC, callbacks: bool = False) -> Path:
+    """Builds the emulation driver from the kernels in csrc; returns its path. With
+    ``callbacks`` the cuFFT path is built with its LTO callbacks (cufft_callbacks.cu, compiled
+    as C++ too; the emulated cuFFT finds them by name, so the fatbin is a placeholder)."""
     compiler = _compiler()
-    binary = out_dir / "host_emulation_driver"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    binary = out_dir / ("host_emulation_driver" + ("_callbacks" if callbacks else ""))
+    sources = [csrc / name for name in KERNEL_SOURCES]
+    extra = []
+    if callbacks:
+        (out_dir / CALLBACK_HEADER).write_text(
+            "#pragma once\nstatic const unsigned char kCufftCallbacksFatbin[] = {0};\n")
+        sources.append(csrc / "cufft_callbacks.cu")
+        extra = ["-DSPECTFORMER_CUFFT_LTO_CALLBACKS=1", "-I", str(out_dir), "-rdynamic"]
     command = [compiler, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror",
-               "-DSPECTFORMER_HOST_EMULATION", "-I", str(csrc),
-               "-x", "c++", *(str(csrc / name) for name in KERNEL_SOURCES), "-x", "none",
-               str(DRIVER_SOURCE),
-               "-o", str(binary)]
+               "-DSPECTFORMER_HOST_EMULATION", *extra, "-I", str(csrc),
+               "-x", "c++", *map(str, sources), "-x", "none", str(DRIVER_SOURCE),
+               "-ldl", "-o", str(binary)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         raise AssertionError(f"host emulation build failed:\n{result.stdout}{result.stderr}")
@@ -54,10 +64,18 @@ def compile_driver(out_dir: Path, csrc: Path = CSRC) -> Path:
 
 
 @pytest.fixture(scope="module")
-def driver(tmp_path_factory):
+def drivers(tmp_path_factory):
+    """Emulation drivers by path name: "fused", "cufft" (gate kernel between the transforms)
+    and "cufft_callbacks" (load/gate/store in cuFFT LTO callbacks)."""
     if _compiler() is None:
         pytest.skip("no C++ compiler (g++ or clang++) to build the host emulation")
-    return compile_driver(tmp_path_factory.mktemp("host_emulation"))
+    folder = tmp_path_factory.mktemp("host_emulation")
+    plain = compile_driver(folder)
+    return {"fused": plain, "cufft": plain,
+            "cufft_callbacks": compile_driver(folder / "callbacks", callbacks=True)}
+
+
+PATHS = ["fused", "cufft", "cufft_callbacks"]
 
 
 def _raw(t: torch.Tensor) -> bytes:
@@ -97,12 +115,16 @@ def run_case(binary: Path, workdir: Path, path: str, shape, dtype=torch.float32,
     (workdir / "x.bin").write_bytes(_raw(x_buf))
     (workdir / "dy.bin").write_bytes(_raw(g_buf))
     (workdir / "k.bin").write_bytes(_raw(weight))
-    command = [str(binary), path, DTYPE_CODES[dtype], str(order), *map(str, shape), *map(str, xs),
+    command = [str(binary), path.removesuffix("_callbacks"), DTYPE_CODES[dtype], str(order), *map(str, shape), *map(str, xs),
                *map(str, gs), str(sms), str(shared), str(workdir)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, (
         f"emulated {path} {shape} failed (exit {result.returncode}; a negative code is a "
         f"signal, e.g. a guard-page fault):\n{result.stdout}{result.stderr}")
+    # Callback plans fall back to the gate kernel silently when they cannot be made: make
+    # sure the callback build really ran forward (2 execs) and backward (3) through them.
+    execs = 5 if path == "cufft_callbacks" else 0
+    assert f"cuFFT execs with callbacks: {execs}" in result.stdout, result.stdout + result.stderr
     y = _from_raw((workdir / "y.bin").read_bytes(), dtype, shape)
     dx = _from_raw((workdir / "dx.bin").read_bytes(), dtype, shape)
     dk = _from_raw((workdir / "dk.bin").read_bytes(), torch.float32, weight.shape)
@@ -122,6 +144,8 @@ def check_against_oracle(outputs, label):
 # (path, shape, sms, shared): shapes include 1x1, odd, non-square, C not a multiple of the
 # fused kernel's channel block (<= 32) or the transpose tile (32); SM counts and shared
 # budgets chosen to give one and several dK chunks, and smaller channel blocks.
+CUFFT_SHAPES = [(2, 1, 1, 3), (3, 5, 9, 7), (2, 7, 6, 5), (2, 14, 14, 33), (2, 11, 4, 13),
+                (1, 1, 17, 3), (3, 17, 1, 3), (1, 65, 34, 3)]
 CASES = [
     ("fused", (2, 1, 1, 3), H100_SMS, H100_SHARED),
     ("fused", (3, 5, 9, 7), H100_SMS, H100_SHARED),
@@ -132,47 +156,41 @@ CASES = [
     ("fused", (1, 1, 17, 3), H100_SMS, H100_SHARED),
     ("fused", (3, 17, 1, 3), 1, H100_SHARED),
     ("fused", (1, 64, 63, 2), 1, 99 * 1024),
-    ("cufft", (2, 1, 1, 3), H100_SMS, H100_SHARED),
-    ("cufft", (3, 5, 9, 7), H100_SMS, H100_SHARED),
-    ("cufft", (2, 7, 6, 5), H100_SMS, H100_SHARED),
-    ("cufft", (2, 14, 14, 33), H100_SMS, H100_SHARED),
-    ("cufft", (2, 11, 4, 13), H100_SMS, H100_SHARED),
-    ("cufft", (1, 1, 17, 3), H100_SMS, H100_SHARED),
-    ("cufft", (3, 17, 1, 3), H100_SMS, H100_SHARED),
-    ("cufft", (1, 65, 34, 3), H100_SMS, H100_SHARED),
-]
+] + [(path, shape, H100_SMS, H100_SHARED) for path in ("cufft", "cufft_callbacks")
+      for shape in CUFFT_SHAPES]
 
 
 @pytest.mark.parametrize("path,shape,sms,shared", CASES, ids=lambda v: str(v))
-def test_kernels_match_oracle(driver, tmp_path, path, shape, sms, shared):
+def test_kernels_match_oracle(drivers, tmp_path, path, shape, sms, shared):
     seed = fresh_seed()
-    outputs = run_case(driver, tmp_path, path, shape, sms=sms, shared=shared, seed=seed)
+    outputs = run_case(drivers[path], tmp_path, path, shape, sms=sms, shared=shared, seed=seed)
     check_against_oracle(outputs, f"{path} {shape} seed {seed}")
 
 
-@pytest.mark.parametrize("path", ["fused", "cufft"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("layout", ["channels_first", "sliced"])
-def test_strided_inputs(driver, tmp_path, path, layout):
+def test_strided_inputs(drivers, tmp_path, path, layout):
     seed = fresh_seed()
-    outputs = run_case(driver, tmp_path, path, (2, 6, 7, 35), layout=layout, sms=2, seed=seed)
+    outputs = run_case(drivers[path], tmp_path, path, (2, 6, 7, 35), layout=layout, sms=2,
+                       seed=seed)
     check_against_oracle(outputs, f"{path} {layout} seed {seed}")
 
 
-@pytest.mark.parametrize("path", ["fused", "cufft"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_half_precision_storage(driver, tmp_path, path, dtype):
+def test_half_precision_storage(drivers, tmp_path, path, dtype):
     seed = fresh_seed()
-    outputs = run_case(driver, tmp_path, path, (2, 7, 8, 9), dtype, seed=seed)
+    outputs = run_case(drivers[path], tmp_path, path, (2, 7, 8, 9), dtype, seed=seed)
     check_against_oracle(outputs, f"{path} {dtype} seed {seed}")
 
 
-@pytest.mark.parametrize("path", ["fused", "cufft"])
-def test_results_do_not_depend_on_thread_order(driver, tmp_path, path):
+@pytest.mark.parametrize("path", PATHS)
+def test_results_do_not_depend_on_thread_order(drivers, tmp_path, path):
     """Race-free kernels give bitwise the same results whatever order the threads of a
     phase run in; a missing barrier or a cross-thread race usually does not."""
     seed = fresh_seed()
-    runs = [run_case(driver, tmp_path / str(order), path, (3, 9, 10, 37), order=order, sms=2,
-                     seed=seed) for order in (0, 1, 2)]
+    runs = [run_case(drivers[path], tmp_path / str(order), path, (3, 9, 10, 37), order=order,
+                     sms=2, seed=seed) for order in (0, 1, 2)]
     for other in runs[1:]:
         for got, want in zip(other[:3], runs[0][:3]):
             assert torch.equal(got, want), f"{path}: results depend on thread order (seed {seed})"
@@ -187,6 +205,11 @@ MUTATIONS = {
                      (2, 5, 6, 7)),
     "hermitian_mirror": ("cufft_gate.cu", "const int hn = h == 0 ? 0 : H - h;", "const int hn = h + 0 * H;",
                          "cufft", (2, 5, 6, 3)),
+    "callback_gate_mirror": ("cufft_callbacks.cu", "const int hn = h == 0 ? 0 : p->H - h;",
+                             "const int hn = h;", "cufft_callbacks", (2, 5, 6, 3)),
+    "callback_store_channel": ("cufft_callbacks.cu", "(b * hw + pos) * p->C + c]",
+                               "(b * hw + pos) * p->C + (c + 1) % p->C]", "cufft_callbacks",
+                               (1, 4, 6, 3)),
     "pack_row_col": ("cufft_gate.cu", "(p / W) * xs.h + (p % W) * xs.w",
                      "(p % H) * xs.h + (p / H) * xs.w", "cufft", (1, 5, 6, 3)),
 }
@@ -204,7 +227,7 @@ def test_emulation_catches_deliberate_bugs(tmp_path, name):
     source = (mutated / file).read_text()
     assert source.count(text) == 1, f"mutation {name!r} no longer matches {file}; update it"
     (mutated / file).write_text(source.replace(text, replacement))
-    binary = compile_driver(tmp_path, csrc=mutated)
+    binary = compile_driver(tmp_path, csrc=mutated, callbacks=path == "cufft_callbacks")
     try:
         outputs = run_case(binary, tmp_path / "run", path, shape)
     except AssertionError:

@@ -301,6 +301,20 @@ inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_
   return cudaSuccess;
 }
 
+inline cudaError_t cudaMalloc(void** p, size_t bytes) {
+  *p = std::malloc(bytes);
+  if (*p) std::memset(*p, 0xff, bytes);
+  return *p ? cudaSuccess : cudaErrorInvalidValue;
+}
+template <typename T>
+cudaError_t cudaMalloc(T** p, size_t bytes) {
+  return cudaMalloc(reinterpret_cast<void**>(p), bytes);
+}
+inline cudaError_t cudaFree(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
+
 inline cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;

@@ -4,11 +4,17 @@
 // allowed to be unfriendly:
 // - auto-allocation must be off and a work area set before exec; exec fills the work area
 //   with NaN, so scratch that overlaps it is caught;
+// - LTO callbacks (cufftXtSetJITCallback) are looked up by symbol name in the running program
+//   (link it with -rdynamic); the LTO-IR bytes are ignored. Loads and stores go through them
+//   in descending element order, the input of a plan with a load callback is NaN-filled first
+//   and the output of a plan with a store callback too, so the callbacks must do all the I/O.
 // - C2R trusts only half of the DC and Nyquist columns (rows 0..H/2, as an implementation
 //   exploiting Hermitian symmetry may), so input that is not Hermitian there gives a result
 //   different from CPU irfft2; and it overwrites its input with NaN afterwards, as cuFFT's
 //   out-of-place multi-dimensional C2R may.
 #pragma once
+
+#include <dlfcn.h>
 
 #include <complex>
 #include <cstring>
@@ -37,16 +43,32 @@ enum cufftResult {
   CUFFT_NOT_SUPPORTED = 16,
 };
 enum cufftType { CUFFT_R2C = 0x2a, CUFFT_C2R = 0x2c };
+enum cufftXtCallbackType {
+  CUFFT_CB_LD_COMPLEX = 0x0,
+  CUFFT_CB_LD_REAL = 0x2,
+  CUFFT_CB_ST_COMPLEX = 0x4,
+  CUFFT_CB_ST_REAL = 0x6,
+};
 
 namespace spectformer_emu {
 
 constexpr size_t kFakeWorkBytes = 4096;
+inline int execs_with_callbacks = 0;  // reported by the test driver
+
+using LoadReal = float (*)(void*, unsigned long long, void*, void*);
+using StoreComplex = void (*)(void*, unsigned long long, float2, void*, void*);
+using StoreReal = void (*)(void*, unsigned long long, float, void*, void*);
 
 struct FakePlan {
   bool alive = true, auto_allocate = true, made = false;
   cufftType type = CUFFT_R2C;
   long long batch = 0, H = 0, W = 0;
   void* work = nullptr;
+  LoadReal load_real = nullptr;
+  StoreComplex store_complex = nullptr;
+  StoreReal store_real = nullptr;
+  void* load_info = nullptr;
+  void* store_info = nullptr;
 };
 
 inline std::vector<FakePlan>& fake_plans() {
@@ -112,24 +134,52 @@ inline void c2r_plane(float2* in, float* out, long long H, long long W) {
   for (long long w = 0; w < W; ++w) dft(&full[w], H, W, +1);
   for (long long h = 0; h < H; ++h) dft(&full[h * W], W, 1, +1);
   for (long long i = 0; i < H * W; ++i) out[i] = static_cast<float>(full[i].real());
-  std::memset(in, 0xff, sizeof(float2) * H * Wk);  // C2R may overwrite its input
 }
 
-inline cufftResult exec(cufftHandle h, cufftType type, const void* in, void* out) {
+inline cufftResult exec(cufftHandle h, cufftType type, void* in, void* out) {
   FakePlan* p = find_plan(h);
   if (p == nullptr || !p->made) return CUFFT_INVALID_PLAN;
   if (p->type != type) return CUFFT_INVALID_TYPE;
   if (!p->auto_allocate && p->work == nullptr) return CUFFT_NO_WORKSPACE;
   if (p->work) std::memset(p->work, 0xff, kFakeWorkBytes);
   const long long Wk = p->W / 2 + 1;
+  const long long n_real = p->batch * p->H * p->W, n_complex = p->batch * p->H * Wk;
+  const long long n_in = type == CUFFT_R2C ? n_real : n_complex;
+  const long long n_out = type == CUFFT_R2C ? n_complex : n_real;
+  const size_t in_bytes = n_in * (type == CUFFT_R2C ? sizeof(float) : sizeof(float2));
+  const size_t out_bytes = n_out * (type == CUFFT_R2C ? sizeof(float2) : sizeof(float));
+  // Stage through private buffers so that callbacks, not cuFFT, do the caller-visible I/O.
+  std::vector<char> src(in_bytes), dst(out_bytes);
+  execs_with_callbacks += p->load_real || p->store_complex || p->store_real;
+  if (p->load_real) {
+    if (type != CUFFT_R2C) return CUFFT_INVALID_TYPE;
+    std::memset(in, 0xff, in_bytes);
+    float* v = reinterpret_cast<float*>(src.data());
+    for (long long i = n_in - 1; i >= 0; --i) v[i] = p->load_real(in, i, p->load_info, nullptr);
+  } else {
+    std::memcpy(src.data(), in, in_bytes);
+  }
   for (long long i = 0; i < p->batch; ++i) {
     if (type == CUFFT_R2C) {
-      r2c_plane(static_cast<const float*>(in) + i * p->H * p->W,
-                static_cast<float2*>(out) + i * p->H * Wk, p->H, p->W);
+      r2c_plane(reinterpret_cast<const float*>(src.data()) + i * p->H * p->W,
+                reinterpret_cast<float2*>(dst.data()) + i * p->H * Wk, p->H, p->W);
     } else {
-      c2r_plane(const_cast<float2*>(static_cast<const float2*>(in)) + i * p->H * Wk,
-                static_cast<float*>(out) + i * p->H * p->W, p->H, p->W);
+      c2r_plane(reinterpret_cast<float2*>(src.data()) + i * p->H * Wk,
+                reinterpret_cast<float*>(dst.data()) + i * p->H * p->W, p->H, p->W);
     }
+  }
+  if (type == CUFFT_C2R) std::memset(in, 0xff, in_bytes);  // C2R may overwrite its input
+  if (p->store_complex || p->store_real) {
+    std::memset(out, 0xff, out_bytes);  // cuFFT may have used the output as scratch
+    for (long long i = n_out - 1; i >= 0; --i) {
+      if (p->store_complex) {
+        p->store_complex(out, i, reinterpret_cast<float2*>(dst.data())[i], p->store_info, nullptr);
+      } else {
+        p->store_real(out, i, reinterpret_cast<float*>(dst.data())[i], p->store_info, nullptr);
+      }
+    }
+  } else {
+    std::memcpy(out, dst.data(), out_bytes);
   }
   return CUFFT_SUCCESS;
 }
@@ -154,6 +204,36 @@ inline cufftResult cufftSetAutoAllocation(cufftHandle h, int on) {
   p->auto_allocate = on != 0;
   return CUFFT_SUCCESS;
 }
+// Must come after cufftCreate and before planning, as the cuFFT documentation requires.
+inline cufftResult cufftXtSetJITCallback(cufftHandle h, const char* name, const void* fatbin,
+                                         size_t fatbin_bytes, cufftXtCallbackType type,
+                                         void** caller_info) {
+  auto* p = spectformer_emu::find_plan(h);
+  if (p == nullptr || p->made) return CUFFT_INVALID_PLAN;
+  if (name == nullptr || fatbin == nullptr || fatbin_bytes == 0) return CUFFT_INVALID_VALUE;
+  void* symbol = dlsym(RTLD_DEFAULT, name);
+  if (symbol == nullptr) return CUFFT_INVALID_VALUE;
+  void* info = caller_info ? caller_info[0] : nullptr;
+  using namespace spectformer_emu;
+  switch (type) {
+    case CUFFT_CB_LD_REAL:
+      p->load_real = reinterpret_cast<LoadReal>(symbol);
+      p->load_info = info;
+      break;
+    case CUFFT_CB_ST_COMPLEX:
+      p->store_complex = reinterpret_cast<StoreComplex>(symbol);
+      p->store_info = info;
+      break;
+    case CUFFT_CB_ST_REAL:
+      p->store_real = reinterpret_cast<StoreReal>(symbol);
+      p->store_info = info;
+      break;
+    default:
+      return CUFFT_NOT_IMPLEMENTED;
+  }
+  return CUFFT_SUCCESS;
+}
+
 inline cufftResult cufftMakePlanMany64(cufftHandle h, int rank, long long* n, long long* inembed,
                                        long long, long long, long long* onembed, long long,
                                        long long, cufftType type, long long batch,
@@ -163,6 +243,8 @@ inline cufftResult cufftMakePlanMany64(cufftHandle h, int rank, long long* n, lo
   // Only what the cuFFT path asks for: contiguous batched 2-D real transforms.
   if (rank != 2 || inembed != nullptr || onembed != nullptr) return CUFFT_NOT_IMPLEMENTED;
   if (type != CUFFT_R2C && type != CUFFT_C2R) return CUFFT_INVALID_TYPE;
+  if ((p->load_real || p->store_complex) && type != CUFFT_R2C) return CUFFT_INVALID_TYPE;
+  if (p->store_real && type != CUFFT_C2R) return CUFFT_INVALID_TYPE;
   if (n[0] < 1 || n[1] < 1 || batch < 1) return CUFFT_INVALID_SIZE;
   p->type = type;
   p->H = n[0];
