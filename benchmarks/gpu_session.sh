@@ -56,7 +56,7 @@ step build 180 env SPECTFORMER_BUILD_CUDA=1 \
   echo "build failed: see $OUT/build.log" | tee -a "$SUMMARY"
   exit 1
 }
-step import 30 python -c "import spectformer_kernels as sk; print(sk.available_backends())"
+step import 30 python -c "import spectformer_kernels as sk; from spectformer_kernels import cuda_backend as cb; print(sk.available_backends()); print('cuFFT LTO callbacks built:', cb.CUFFT_LTO_CALLBACKS)"
 
 if [ "$STAGE" = train ]; then
   step train_throughput 420 python -m benchmarks.train_throughput --device cuda --warmup 5 \

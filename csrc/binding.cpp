@@ -186,4 +186,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "CUDA kernels of the spectral gate; importing registers torch.ops.spectformer_cuda";
   m.attr("fused_max_size") = spectformer::kFusedMaxSize;
   m.attr("cufft_lto_callbacks") = spectformer::cufft_lto_callbacks_built();
+  m.def("cufft_callback_failure", &spectformer::cufft_callback_failure,
+        "why making cuFFT callback plans first failed here ('' if it never did)");
 }

@@ -412,6 +412,7 @@ struct CallbackPlans {
 using CallbackKey = std::tuple<int, uintptr_t, int64_t, int64_t, int64_t, int>;
 
 std::mutex callback_cache_mutex;
+std::string first_callback_failure;  // guarded by callback_cache_mutex
 // A null entry records that making the plans failed here, so the fallback is used without
 // retrying on every call.
 std::map<CallbackKey, std::unique_ptr<CallbackPlans>>& callback_plan_cache() {
@@ -496,6 +497,7 @@ CallbackPlans* get_callback_plans(const GateShape& s, ScalarType dtype, cudaStre
     const Status made = make_callback_plans(plans.get(), dtype, s.batch * s.channels, s.height,
                                             s.width);
     if (!made.empty()) {
+      if (first_callback_failure.empty()) first_callback_failure = made;
       plans.reset();
       cudaGetLastError();  // a failed cudaMalloc must not surface at the next launch check
     }
@@ -663,6 +665,15 @@ Status backward_impl(const GateShape& s, ScalarType dtype, const void* grad_y, S
 }  // namespace
 
 bool cufft_lto_callbacks_built() { return SPECTFORMER_CUFFT_LTO_CALLBACKS != 0; }
+
+std::string cufft_callback_failure() {
+#if SPECTFORMER_CUFFT_LTO_CALLBACKS
+  std::lock_guard<std::mutex> lock(callback_cache_mutex);
+  return first_callback_failure;
+#else
+  return std::string();
+#endif
+}
 
 Status cufft_forward_workspace_bytes(const GateShape& s, ScalarType dtype, cudaStream_t stream,
                                      size_t* bytes) {

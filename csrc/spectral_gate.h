@@ -65,6 +65,9 @@ Status fused_backward(const GateShape& shape, ScalarType dtype, const void* grad
 // cuFFT). Even then a call falls back to the kernel path where callback plans cannot be
 // made, or when the environment sets SPECTFORMER_CUFFT_CALLBACKS=0.
 bool cufft_lto_callbacks_built();
+// Why making callback plans first failed in this process ("" if it never did): the cuFFT
+// path then used its gate kernel for that shape.
+std::string cufft_callback_failure();
 
 // Scratch bytes (packed planes, spectra and the cuFFT work area). Creates and caches the
 // plans this call will use (callback plans are per stream and dtype) on the current device,

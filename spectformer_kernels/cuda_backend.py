@@ -6,9 +6,12 @@ Two implementations live in the extension:
   memory, the DFTs as sums over twiddle tables, gate, inverse; ``x`` read once, ``y`` written
   once; ``dK`` summed over fixed batch chunks in a fixed order, so it is bitwise
   reproducible).
-* ``cufft``: one batched R2C and one C2R cuFFT plan (cached per shape and device) with the
-  gate in one kernel between them, plus transposing pack/unpack kernels for the
-  channels-last layout.
+* ``cufft``: one batched R2C and one C2R cuFFT plan (cached per shape and device). Built
+  with cuFFT LTO callbacks (``CUFFT_LTO_CALLBACKS``; CUDA 13 toolkits), the channels-last
+  gather/cast, the gate and the store run inside cuFFT's kernels; otherwise, or where
+  callback plans cannot be made at run time (see ``cufft_callback_failure()``), or with
+  ``SPECTFORMER_CUFFT_CALLBACKS=0`` in the environment, a gate kernel runs between the
+  transforms, with transposing pack/unpack kernels for the channels-last layout.
 
 The ``cuda`` backend picks one per shape (``cuda_path``); ``cuda_fused`` and ``cuda_cufft``
 force one, so benchmarks and tests can see each on its own. The extension registers its
@@ -50,6 +53,14 @@ else:
 
 # Largest H and W the fused kernels take (their twiddle tables), mirrored from the extension.
 FUSED_MAX_SIZE = 64 if _C is None else int(_C.fused_max_size)
+# Whether the extension was built with the cuFFT LTO callbacks.
+CUFFT_LTO_CALLBACKS = False if _C is None else bool(getattr(_C, "cufft_lto_callbacks", False))
+
+
+def cufft_callback_failure() -> str:
+    """Why cuFFT callback plans could not be made in this process ("" if they always could,
+    or the extension has no callbacks); the ``cufft`` path then used its gate kernel."""
+    return "" if _C is None or not CUFFT_LTO_CALLBACKS else str(_C.cufft_callback_failure())
 
 # ``cuda`` uses the fused kernel up to this side, cuFFT above. Pre-measurement rule from
 # a cost model: the fused kernel moves the floor's bytes but does O(H + W) FMAs per element

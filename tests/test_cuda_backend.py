@@ -357,6 +357,23 @@ def test_expanded_grad_and_weight_dtype():
 
 @needs_cuda_backend
 @pytest.mark.cuda
+def test_cufft_callbacks_and_their_fallback(monkeypatch):
+    """Built with LTO callbacks, the callback plans must actually be made here (else the
+    failure is reported); both the callback path and the gate-kernel fallback
+    (SPECTFORMER_CUFFT_CALLBACKS=0) must match the oracle."""
+    for shape in ((2, 7, 6, 5), (2, 33, 20, 35)):
+        for dtype in (torch.float32, torch.bfloat16):
+            _check(shape, dtype, "cuda_cufft", fresh_seed())
+    if cuda_backend.CUFFT_LTO_CALLBACKS:
+        failure = cuda_backend.cufft_callback_failure()
+        assert failure == "", f"cuFFT callback plans could not be made: {failure}"
+    monkeypatch.setenv("SPECTFORMER_CUFFT_CALLBACKS", "0")
+    for shape in ((2, 7, 6, 5), (2, 33, 20, 35)):
+        _check(shape, torch.float32, "cuda_cufft", fresh_seed())
+
+
+@needs_cuda_backend
+@pytest.mark.cuda
 def test_opcheck_and_low_level_errors():
     x, weight, _ = make_inputs((2, 6, 6, 4), torch.float32, device="cuda")
     torch.library.opcheck(torch.ops.spectformer.spectral_gate.default, (x, weight, "cuda"))
