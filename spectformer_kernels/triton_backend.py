@@ -354,15 +354,34 @@ if _TRITON_IMPORT_ERROR is None:
     _DOT_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16,
                    torch.float16: tl.float16}
 
-    def _prune_configs(configs, named_args, **kwargs):
-        """Drop channel blocks whose tile outgrows the register budget or C itself."""
+    _DTYPE_NAMES = {tl.float32: "fp32", tl.bfloat16: "bf16", tl.float16: "fp16"}
+
+    def _prune(kernel, configs, named_args, **kwargs):
+        """Keep configs whose estimated shared memory fits and that should not spill.
+
+        Heavily spilling configs are not just slow: some keep the compiler busy for many
+        minutes on the autotuner's first call. If none passes (64x64 fp32 backward), the
+        config with the smallest footprint is kept, so every shape can still launch."""
         args = {**named_args, **kwargs}
-        grid = _padded(args["H"]) * max(_padded(args["W"]), _padded(args["W"] // 2 + 1))
-        c = args["C"]
-        kept = [cfg for cfg in configs
-                if cfg.kwargs["BLOCK_C"] * grid <= 4 * TILE_ELEMENTS
-                and cfg.kwargs["BLOCK_C"] < 2 * c]
-        return kept or configs[:1]
+        h, w, c = args["H"], args["W"], args["C"]
+        dtype = _DTYPE_NAMES[args["DOT_DTYPE"]]
+
+        def estimate(cfg):
+            return estimate_resources(kernel, dtype, h, w, cfg.kwargs["BLOCK_C"],
+                                      cfg.num_warps)
+
+        candidates = [cfg for cfg in configs if cfg.kwargs["BLOCK_C"] < 2 * c] or configs
+        kept = [cfg for cfg in candidates if estimate(cfg)["fits"]]
+        if not kept:
+            kept = [min(candidates, key=lambda cfg: (estimate(cfg)["shared_bytes"],
+                                                     estimate(cfg)["tile_per_thread"]))]
+        return kept
+
+    def _prune_forward(configs, named_args, **kwargs):
+        return _prune("forward", configs, named_args, **kwargs)
+
+    def _prune_backward(configs, named_args, **kwargs):
+        return _prune("backward", configs, named_args, **kwargs)
 
     _AUTOTUNE_CONFIGS = [
         triton.Config({"BLOCK_C": bc}, num_warps=nw)
@@ -370,10 +389,54 @@ if _TRITON_IMPORT_ERROR is None:
     ]
     _forward_tuned = triton.autotune(
         _AUTOTUNE_CONFIGS, key=["H", "W", "C"],
-        prune_configs_by={"early_config_prune": _prune_configs})(_forward_kernel)
+        prune_configs_by={"early_config_prune": _prune_forward})(_forward_kernel)
     _backward_tuned = triton.autotune(
         _AUTOTUNE_CONFIGS, key=["H", "W", "C"],
-        prune_configs_by={"early_config_prune": _prune_configs})(_backward_kernel)
+        prune_configs_by={"early_config_prune": _prune_backward})(_backward_kernel)
+
+
+def kernel_constants(h: int, w: int) -> dict:
+    """The grid constexprs of both kernels: true and padded H, W and Wk = W//2+1."""
+    wk = w // 2 + 1
+    return dict(H=h, W=w, WK=wk, HP=_padded(h), WP=_padded(w), WKP=_padded(wk))
+
+
+# Resource model behind the autotune pruner, calibrated on ptxas -v output for sm_90a
+# (benchmarks/triton_resources.py). In tile elements T = BLOCK_C * HP * max(WP, WKP) and
+# M = max(HP, WP)**2 (one DFT matrix): shared bytes ~ a*M + b*T + c, an upper bound on
+# every measured config; registers spill once a thread holds more than about E tile
+# elements or more than MATRIX_ELEMENTS_PER_THREAD elements of one matrix.
+SMEM_LIMIT = 227 * 1024  # Hopper's largest shared memory per block
+_SMEM_MODEL = {  # (kernel, 16-bit operands) -> (a, b, c)
+    ("forward", False): (24, 8, 1024),
+    ("forward", True): (4, 8, 2048),
+    ("backward", False): (24, 28, 10240),
+    ("backward", True): (16, 8, 4096),
+}
+_MAX_TILE_ELEMENTS_PER_THREAD = {
+    ("forward", False): 16, ("forward", True): 32,
+    ("backward", False): 8, ("backward", True): 16,
+}
+MATRIX_ELEMENTS_PER_THREAD = 16
+
+
+def estimate_resources(kernel: str, dtype: str, h: int, w: int, block_c: int,
+                       num_warps: int) -> dict:
+    """Estimated shared bytes and per-thread load of one config (``dtype``: fp32/bf16/fp16)."""
+    hp, wp, wkp = _padded(h), _padded(w), _padded(w // 2 + 1)
+    tile = block_c * hp * max(wp, wkp)
+    matrix = max(hp, wp) ** 2
+    key = (kernel, dtype != "fp32")
+    a, b, c = _SMEM_MODEL[key]
+    threads = 32 * num_warps
+    return {
+        "shared_bytes": a * matrix + b * tile + c,
+        "tile_per_thread": tile // threads,
+        "matrix_per_thread": matrix // threads,
+        "fits": (a * matrix + b * tile + c <= SMEM_LIMIT
+                 and tile // threads <= _MAX_TILE_ELEMENTS_PER_THREAD[key]
+                 and matrix // threads <= MATRIX_ELEMENTS_PER_THREAD),
+    }
 
 
 def _heuristic_block_c(c: int, grid_elements: int) -> int:
