@@ -58,7 +58,10 @@ op can be captured in a CUDA graph once the autotuner has run for the shape (cal
 before capturing).
 
 On CUDA the channel block (1-32) and warp count are autotuned per (H, W, C, dtype) and
-cached by Triton. Under ``TRITON_INTERPRET=1`` (CPU tensors, as in the tests) one heuristic
+cached by Triton, among the configs ``_prune`` keeps: those whose estimated shared memory
+fits 227 KB and whose tile and matrices per thread are small enough not to spill (a
+resource model calibrated on ptxas output, see below; if nothing passes, the smallest
+config is kept). Under ``TRITON_INTERPRET=1`` (CPU tensors, as in the tests) one heuristic
 configuration is used instead, because the autotuner's timing needs a GPU.
 
 Expected H100 behaviour (UNMEASURED: design estimates, no GPU was used)
@@ -70,8 +73,42 @@ Expected H100 behaviour (UNMEASURED: design estimates, no GPU was used)
 * fp32 with ``ieee`` dots runs on CUDA cores (~60 TFLOP/s): the same shape needs roughly
   70-100 us, compute-bound at 3-4x the 23 us memory floor. ``tf32x3`` dots are the first
   thing to try for fp32 speed (they should keep ~1e-6 accuracy), measured on a GPU.
-* 56x56 / 64x64 grids hold 4K values per channel per intermediate; the autotuner is expected
-  to settle on 1-4 channels per program, and padding Wk = 29 -> 32 costs little.
+* 56x56 / 64x64 grids hold 4K values per channel per intermediate and their DFT matrices
+  are 64x64: only one channel (two for bf16 forward) per 8-warp program fits, see below.
+
+Compile-time resources for sm_90a (ptxas -v, NOT timings)
+---------------------------------------------------------
+Measured without a GPU by ``python -m benchmarks.triton_resources`` (Triton 3.9 compiling
+for sm_90a, its bundled ptxas; full rows in ``benchmarks/results/triton_resources.csv``).
+The GPU machine's Triton 3.6 may allocate somewhat differently. Per kernel, dtype and grid
+(C does not change the compiled code): worst spill stores and shared memory over the
+configs. "Before": the old pruner's configs at 4 warps (it also kept 2 and 8 warps; 56x56
+fp32 backward, BLOCK_C 2, 8 warps needed 311 KB and could not launch). "After": every
+config the current pruner keeps (2, 4 and 8 warps). "slow" = compiles still running after
+30 s, each a delay on the autotuner's first call.
+
+    kernel   dtype grid  | before: spill  smem  slow | after: kept spill  smem
+    forward  fp32  14x14 |        54 KB   70 KB  0   |        12   184 B  38 KB
+    forward  fp32  28x28 |        43 KB   56 KB  1   |         6     0 B  40 KB
+    forward  fp32  56x56 |        37 KB  112 KB  2   |         1  1004 B 112 KB
+    forward  fp32   7x7  |        55 KB   70 KB  0   |        12   200 B  38 KB
+    forward  bf16  14x14 |       336 B   18 KB  0   |        15     0 B  34 KB
+    forward  bf16  28x28 |       908 B   24 KB  0   |         9     0 B  24 KB
+    forward  bf16  56x56 |       1.2 KB  64 KB  0   |         2    56 B  48 KB
+    backward fp32  14x14 |       4.2 KB 122 KB  1   |         9    56 B  66 KB
+    backward fp32  28x28 |        21 KB  124 KB  2   |         3   248 B  76 KB
+    backward fp32  56x56 |        59 KB  208 KB  2   |         1    22 KB 208 KB
+    backward bf16  14x14 |       5.7 KB  21 KB  0   |        12     8 B  21 KB
+    backward bf16  28x28 |       3.8 KB  30 KB  0   |         6   180 B  22 KB
+    backward bf16  56x56 |       5.2 KB  88 KB  0   |         1    20 B  64 KB
+    (7x7 backward matches 14x14: both pad to 16x16.)
+
+Every kept config compiles, fits 227 KB, and stays under the model's shared-memory
+estimate (``tests/test_triton_compile.py`` checks the largest ones). What pruning cannot
+fix: the fp32 backward on 56x56 / 64x64 grids keeps its ten DFT matrices (four 64x64,
+six 32x64) live in registers across the batch loop and spills about 22 KB even at one
+channel and 8 warps; expect it to be slow (keeping the matrices in shared memory is the
+change to try).
 """
 
 from __future__ import annotations
