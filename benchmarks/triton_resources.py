@@ -176,7 +176,8 @@ def _table(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES),
+                        choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS)
     parser.add_argument("--warps", nargs="+", type=int, help="only these num_warps")
     parser.add_argument("--all-configs", action="store_true",
