@@ -58,7 +58,10 @@ op can be captured in a CUDA graph once the autotuner has run for the shape (cal
 before capturing).
 
 On CUDA the channel block (1-32) and warp count are autotuned per (H, W, C, dtype) and
-cached by Triton. Under ``TRITON_INTERPRET=1`` (CPU tensors, as in the tests) one heuristic
+cached by Triton, among the configs ``_prune`` keeps: those whose estimated shared memory
+fits 227 KB and whose tile and matrices per thread are small enough not to spill (a
+resource model calibrated on ptxas output, see below; if nothing passes, the smallest
+config is kept). Under ``TRITON_INTERPRET=1`` (CPU tensors, as in the tests) one heuristic
 configuration is used instead, because the autotuner's timing needs a GPU.
 
 Expected H100 behaviour (UNMEASURED: design estimates, no GPU was used)
@@ -70,8 +73,42 @@ Expected H100 behaviour (UNMEASURED: design estimates, no GPU was used)
 * fp32 with ``ieee`` dots runs on CUDA cores (~60 TFLOP/s): the same shape needs roughly
   70-100 us, compute-bound at 3-4x the 23 us memory floor. ``tf32x3`` dots are the first
   thing to try for fp32 speed (they should keep ~1e-6 accuracy), measured on a GPU.
-* 56x56 / 64x64 grids hold 4K values per channel per intermediate; the autotuner is expected
-  to settle on 1-4 channels per program, and padding Wk = 29 -> 32 costs little.
+* 56x56 / 64x64 grids hold 4K values per channel per intermediate and their DFT matrices
+  are 64x64: only one channel (two for bf16 forward) per 8-warp program fits, see below.
+
+Compile-time resources for sm_90a (ptxas -v, NOT timings)
+---------------------------------------------------------
+Measured without a GPU by ``python -m benchmarks.triton_resources`` (Triton 3.9 compiling
+for sm_90a, its bundled ptxas; full rows in ``benchmarks/results/triton_resources.csv``).
+The GPU machine's Triton 3.6 may allocate somewhat differently. Per kernel, dtype and grid
+(C does not change the compiled code): worst spill stores and shared memory over the
+configs. "Before": the old pruner's configs at 4 warps (it also kept 2 and 8 warps; 56x56
+fp32 backward, BLOCK_C 2, 8 warps needed 311 KB and could not launch). "After": every
+config the current pruner keeps (2, 4 and 8 warps). "slow" = compiles still running after
+30 s, each a delay on the autotuner's first call.
+
+    kernel   dtype grid  | before: spill  smem  slow | after: kept spill  smem
+    forward  fp32  14x14 |        54 KB   70 KB  0   |        12   184 B  38 KB
+    forward  fp32  28x28 |        43 KB   56 KB  1   |         6     0 B  40 KB
+    forward  fp32  56x56 |        37 KB  112 KB  2   |         1  1004 B 112 KB
+    forward  fp32   7x7  |        55 KB   70 KB  0   |        12   200 B  38 KB
+    forward  bf16  14x14 |       336 B   18 KB  0   |        15     0 B  34 KB
+    forward  bf16  28x28 |       908 B   24 KB  0   |         9     0 B  24 KB
+    forward  bf16  56x56 |       1.2 KB  64 KB  0   |         2    56 B  48 KB
+    backward fp32  14x14 |       4.2 KB 122 KB  1   |         9    56 B  66 KB
+    backward fp32  28x28 |        21 KB  124 KB  2   |         3   248 B  76 KB
+    backward fp32  56x56 |        59 KB  208 KB  2   |         1    22 KB 208 KB
+    backward bf16  14x14 |       5.7 KB  21 KB  0   |        12     8 B  21 KB
+    backward bf16  28x28 |       3.8 KB  30 KB  0   |         6   180 B  22 KB
+    backward bf16  56x56 |       5.2 KB  88 KB  0   |         1    20 B  64 KB
+    (7x7 backward matches 14x14: both pad to 16x16.)
+
+Every kept config compiles, fits 227 KB, and stays under the model's shared-memory
+estimate (``tests/test_triton_compile.py`` checks the largest ones). What pruning cannot
+fix: the fp32 backward on 56x56 / 64x64 grids keeps its ten DFT matrices (four 64x64,
+six 32x64) live in registers across the batch loop and spills about 22 KB even at one
+channel and 8 warps; expect it to be slow (keeping the matrices in shared memory is the
+change to try).
 """
 
 from __future__ import annotations
@@ -354,15 +391,34 @@ if _TRITON_IMPORT_ERROR is None:
     _DOT_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16,
                    torch.float16: tl.float16}
 
-    def _prune_configs(configs, named_args, **kwargs):
-        """Drop channel blocks whose tile outgrows the register budget or C itself."""
+    _DTYPE_NAMES = {tl.float32: "fp32", tl.bfloat16: "bf16", tl.float16: "fp16"}
+
+    def _prune(kernel, configs, named_args, **kwargs):
+        """Keep configs whose estimated shared memory fits and that should not spill.
+
+        Heavily spilling configs are not just slow: some keep the compiler busy for many
+        minutes on the autotuner's first call. If none passes (64x64 fp32 backward), the
+        config with the smallest footprint is kept, so every shape can still launch."""
         args = {**named_args, **kwargs}
-        grid = _padded(args["H"]) * max(_padded(args["W"]), _padded(args["W"] // 2 + 1))
-        c = args["C"]
-        kept = [cfg for cfg in configs
-                if cfg.kwargs["BLOCK_C"] * grid <= 4 * TILE_ELEMENTS
-                and cfg.kwargs["BLOCK_C"] < 2 * c]
-        return kept or configs[:1]
+        h, w, c = args["H"], args["W"], args["C"]
+        dtype = _DTYPE_NAMES[args["DOT_DTYPE"]]
+
+        def estimate(cfg):
+            return estimate_resources(kernel, dtype, h, w, cfg.kwargs["BLOCK_C"],
+                                      cfg.num_warps)
+
+        candidates = [cfg for cfg in configs if cfg.kwargs["BLOCK_C"] < 2 * c] or configs
+        kept = [cfg for cfg in candidates if estimate(cfg)["fits"]]
+        if not kept:
+            kept = [min(candidates, key=lambda cfg: (estimate(cfg)["shared_bytes"],
+                                                     estimate(cfg)["tile_per_thread"]))]
+        return kept
+
+    def _prune_forward(configs, named_args, **kwargs):
+        return _prune("forward", configs, named_args, **kwargs)
+
+    def _prune_backward(configs, named_args, **kwargs):
+        return _prune("backward", configs, named_args, **kwargs)
 
     _AUTOTUNE_CONFIGS = [
         triton.Config({"BLOCK_C": bc}, num_warps=nw)
@@ -370,10 +426,54 @@ if _TRITON_IMPORT_ERROR is None:
     ]
     _forward_tuned = triton.autotune(
         _AUTOTUNE_CONFIGS, key=["H", "W", "C"],
-        prune_configs_by={"early_config_prune": _prune_configs})(_forward_kernel)
+        prune_configs_by={"early_config_prune": _prune_forward})(_forward_kernel)
     _backward_tuned = triton.autotune(
         _AUTOTUNE_CONFIGS, key=["H", "W", "C"],
-        prune_configs_by={"early_config_prune": _prune_configs})(_backward_kernel)
+        prune_configs_by={"early_config_prune": _prune_backward})(_backward_kernel)
+
+
+def kernel_constants(h: int, w: int) -> dict:
+    """The grid constexprs of both kernels: true and padded H, W and Wk = W//2+1."""
+    wk = w // 2 + 1
+    return dict(H=h, W=w, WK=wk, HP=_padded(h), WP=_padded(w), WKP=_padded(wk))
+
+
+# Resource model behind the autotune pruner, calibrated on ptxas -v output for sm_90a
+# (benchmarks/triton_resources.py). In tile elements T = BLOCK_C * HP * max(WP, WKP) and
+# M = max(HP, WP)**2 (one DFT matrix): shared bytes ~ a*M + b*T + c, an upper bound on
+# every measured config; registers spill once a thread holds more than about E tile
+# elements or more than MATRIX_ELEMENTS_PER_THREAD elements of one matrix.
+SMEM_LIMIT = 227 * 1024  # Hopper's largest shared memory per block
+_SMEM_MODEL = {  # (kernel, 16-bit operands) -> (a, b, c)
+    ("forward", False): (24, 8, 1024),
+    ("forward", True): (4, 8, 2048),
+    ("backward", False): (24, 28, 10240),
+    ("backward", True): (16, 8, 4096),
+}
+_MAX_TILE_ELEMENTS_PER_THREAD = {
+    ("forward", False): 16, ("forward", True): 32,
+    ("backward", False): 8, ("backward", True): 16,
+}
+MATRIX_ELEMENTS_PER_THREAD = 16
+
+
+def estimate_resources(kernel: str, dtype: str, h: int, w: int, block_c: int,
+                       num_warps: int) -> dict:
+    """Estimated shared bytes and per-thread load of one config (``dtype``: fp32/bf16/fp16)."""
+    hp, wp, wkp = _padded(h), _padded(w), _padded(w // 2 + 1)
+    tile = block_c * hp * max(wp, wkp)
+    matrix = max(hp, wp) ** 2
+    key = (kernel, dtype != "fp32")
+    a, b, c = _SMEM_MODEL[key]
+    threads = 32 * num_warps
+    return {
+        "shared_bytes": a * matrix + b * tile + c,
+        "tile_per_thread": tile // threads,
+        "matrix_per_thread": matrix // threads,
+        "fits": (a * matrix + b * tile + c <= SMEM_LIMIT
+                 and tile // threads <= _MAX_TILE_ELEMENTS_PER_THREAD[key]
+                 and matrix // threads <= MATRIX_ELEMENTS_PER_THREAD),
+    }
 
 
 def _heuristic_block_c(c: int, grid_elements: int) -> int:

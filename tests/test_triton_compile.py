@@ -1,0 +1,62 @@
+"""The Triton kernels compile for Hopper (sm_90) and their blocks fit its shared memory.
+
+No GPU is needed: Triton compiles ahead of time for a named target and its bundled ptxas
+reports the resources. The interpreter tests cannot catch a kernel that only fails to
+compile, or a config whose shared memory exceeds 227 KB (its launch would fail on the GPU).
+Compiles run in a subprocess because ``conftest.py`` turns the interpreter on in this one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("triton")
+
+
+def _ptxas_missing():
+    if importlib.util.find_spec("triton.backends.nvidia") is None:
+        return "triton has no nvidia backend"
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        path = get_ptxas(90).path
+    except Exception as exc:  # noqa: BLE001 - any failure means: cannot compile here
+        return f"no ptxas for sm_90 ({exc})"
+    return None if os.path.exists(path) else f"ptxas not found at {path}"
+
+
+pytestmark = pytest.mark.skipif(_ptxas_missing() is not None, reason=str(_ptxas_missing()))
+
+from benchmarks import triton_resources as tr  # noqa: E402
+
+# 14x14: the vanilla model's grid; 56x56x96: the largest hierarchical grid (padded to
+# 64x64x32 in the kernel), where the fp32 backward used to need more than 227 KB.
+CASES = [(kernel, dtype, h, w, c) for kernel in ("forward", "backward")
+         for dtype in ("fp32", "bf16") for (h, w, c) in ((14, 14, 384), (56, 56, 96))]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """Each case's largest kept config (biggest tile per thread), compiled two at a time."""
+    jobs = {case: tr.largest_kept_config(*case) for case in CASES}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(jobs, pool.map(lambda job: tr.compile_in_subprocess(job, 240),
+                                           jobs.values())))
+    return jobs, results
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}x{c[3]}x{c[4]}")
+def test_compiles_for_sm90_and_fits_shared_memory(compiled, case):
+    jobs, results = compiled
+    job, result = jobs[case], results[case]
+    assert result["status"] == "ok", f"{job}: {result['status']}"
+    assert 0 < result["registers"] <= 255, result
+    assert result["shared_bytes"] <= tr.SMEM_LIMIT, (
+        f"{job}: {result['shared_bytes']} B of shared memory > {tr.SMEM_LIMIT} B")
+    # The pruner's estimate must not under-count: it is what keeps bad configs out.
+    estimate = tr.estimate_for(job)
+    assert result["shared_bytes"] <= estimate["shared_bytes"], (job, result, estimate)
