@@ -22,20 +22,10 @@ import torch
 
 import spectformer_kernels as sk
 from benchmarks.common import environment, save_results
+from benchmarks.shapes import SHAPES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-# DESIGN section 5: vanilla 14x14 stages, hierarchical stage-1/2 grids, the 7x7 stage.
-SHAPES = {
-    "14x14x256": (14, 14, 256),
-    "14x14x384": (14, 14, 384),
-    "14x14x512": (14, 14, 512),
-    "56x56x64": (56, 56, 64),
-    "28x28x128": (28, 28, 128),
-    "56x56x96": (56, 56, 96),
-    "28x28x192": (28, 28, 192),
-    "7x7x768": (7, 7, 768),
-}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "fwd+bwd")
 FIELDS = [

@@ -31,20 +31,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.shapes import SHAPES
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SMEM_LIMIT = 227 * 1024  # Hopper's largest shared memory per block (opt-in), bytes
 TARGET = "sm_90a"
 
-SHAPES = {
-    "14x14x256": (14, 14, 256),
-    "14x14x384": (14, 14, 384),
-    "14x14x512": (14, 14, 512),
-    "56x56x64": (56, 56, 64),
-    "28x28x128": (28, 28, 128),
-    "56x56x96": (56, 56, 96),
-    "28x28x192": (28, 28, 192),
-    "7x7x768": (7, 7, 768),
-}
 DTYPES = ("fp32", "bf16")
 KERNELS = ("forward", "backward")
 FIELDS = [
