@@ -45,8 +45,8 @@ from .checkpointing import (
     restore_rng_state,
 )
 from .config import TrainConfig
-from .data import ShardSampler, build_datasets, class_count, collate_skip_unreadable, image_spec
-from .validate import amp_dtype_for, evaluate
+from .data import ShardSampler, build_datasets, collate_skip_unreadable, image_spec
+from .validate import amp_dtype_for, evaluate, model_overrides
 
 SUMMARY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr",
                    "img_per_s", "epoch_time_s"]
@@ -276,16 +276,8 @@ class Trainer:
         # The same seed on every rank builds the same initial weights (DDP broadcasts them
         # anyway); runtime randomness (mixup, drop-path) then differs per rank.
         seed_everything(cfg.seed)
-        overrides: dict[str, Any] = {}
-        num_classes = cfg.num_classes or class_count(cfg.data)
-        if num_classes is not None:
-            overrides["num_classes"] = num_classes
-        if cfg.img_size is not None:
-            overrides["img_size"] = cfg.img_size
-        if cfg.drop_path is not None:
-            overrides["drop_path_rate"] = cfg.drop_path
-        if cfg.backend is not None:
-            overrides["backend"] = cfg.backend
+        overrides = model_overrides(cfg.data, cfg.num_classes, cfg.img_size, cfg.backend,
+                                    cfg.drop_path)
         self.model = spectformer.create_model(cfg.model, **overrides)
         spec = image_spec(self.model.default_cfg, cfg.img_size)
         cfg.num_classes, cfg.img_size = self.model.num_classes, spec.img_size

@@ -97,6 +97,16 @@ def load_weights(model: nn.Module, path: str, use_ema: bool) -> str:
     return "state dict"
 
 
+def model_overrides(data: str, num_classes=None, img_size=None, backend=None,
+                    drop_path=None) -> dict:
+    """``create_model`` overrides from command-line settings; unset ones keep the model's."""
+    from .data import class_count
+
+    overrides = {"num_classes": num_classes or class_count(data), "img_size": img_size,
+                 "backend": backend, "drop_path_rate": drop_path}
+    return {key: value for key, value in overrides.items() if value is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate a SpectFormer / GFNet model.")
     parser.add_argument("--model", required=True, help="registered model name")
@@ -122,19 +132,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import spectformer
 
     from .checkpointing import atomic_write_text
-    from .data import build_datasets, class_count, collate_skip_unreadable, image_spec
+    from .data import build_datasets, collate_skip_unreadable, image_spec
 
     args = build_parser().parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = ("bf16" if device.type == "cuda" else "none") if args.amp == "auto" else args.amp
-    overrides = {}
-    num_classes = args.num_classes or class_count(args.data)
-    if num_classes is not None:
-        overrides["num_classes"] = num_classes
-    if args.img_size is not None:
-        overrides["img_size"] = args.img_size
-    if args.backend is not None:
-        overrides["backend"] = args.backend
+    overrides = model_overrides(args.data, args.num_classes, args.img_size, args.backend)
     model = spectformer.create_model(args.model, **overrides)
     loaded = load_weights(model, args.checkpoint, args.ema) if args.checkpoint else "random initialisation"
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
