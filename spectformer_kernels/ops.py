@@ -1,9 +1,35 @@
-"""``torch.library`` registration and the functional entry point ``spectral_gate``.
+"""``torch.library`` registration, the derivative rules, and the entry point ``spectral_gate``.
 
-The op ``spectformer::spectral_gate(x, weight, backend)`` has a fake kernel (so
-``torch.compile`` and ``torch.export`` trace it without running it) and a registered autograd
-formula that calls ``spectformer::spectral_gate_backward``, itself an op with a fake kernel.
-Both dispatch to the backend named by their string argument.
+Two custom ops do the work; each has a fake kernel (``torch.compile`` / ``torch.export``
+trace them without running them) and dispatches to the backend named by its string
+argument:
+
+    spectral_gate(x, weight, backend) -> y
+    spectral_gate_backward(grad_y, x, weight, backend) -> (grad_x, grad_weight)
+
+Derivatives. ``y = G(x, K)`` is bilinear in ``(x, K)``, and its adjoint in ``x`` is the same
+map with the conjugate filter (DESIGN section 1: ``dx`` is the forward map with transposed
+matrices and ``conj(K)``, and the transposed matrices are the forward ones up to the
+``c_k`` weights, which commute with the gate). Writing ``B(g, x, K) = (G(g, conj K),
+W(g, x))`` for the backward op, with ``W`` the filter gradient (bilinear in ``g`` and
+``x``, independent of ``K``), every derivative of every order is again a call of ``G`` or
+``B``:
+
+    tangent of G        G(tx, K) + G(x, tK)
+    tangent of B        B(tg, x, K) + B(g, tx, tK)
+    cotangents of B     for (vx, vK):  g <- G(vx, K) + G(x, vK);  x <- G(g, conj vK);
+                                       K <- conj W(vx, g)
+
+So every backend gets forward-mode AD, double backward, Hessians and the ``torch.func``
+transforms from its two kernels, and the derivatives are exact transposes of each other.
+
+Two routes carry those rules:
+- the ops' registered autograd formulas (``register_autograd``): reverse mode, any order.
+  This is the route of plain eager code, ``torch.compile`` and ``torch.export``.
+- an ``autograd.Function`` pair with ``setup_context``, ``jvp`` and ``vmap``: taken only
+  inside ``torch.func`` transforms or a forward-AD ``dual_level``, which registered
+  formulas cannot serve (custom ops have no forward-mode rule and no functorch support).
+  Dynamo never sees it: under compilation the op route is always taken.
 """
 
 from __future__ import annotations
@@ -11,6 +37,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch.autograd import forward_ad
 
 from . import backends
 from .dft import spectral_gate_dft
@@ -22,6 +49,17 @@ def _no_autocast(x: torch.Tensor):
     fp32 DFT matmuls inside them into bf16 ones."""
     return torch.autocast(device_type=x.device.type, enabled=False)
 
+
+def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    """The enclosing autocast dtype for ``x``'s device, or None (also for devices such as
+    ``meta`` that have no autocast)."""
+    kind = x.device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return None
+
+
+# -- the two custom ops ------------------------------------------------------------------------
 
 @torch.library.custom_op("spectformer::spectral_gate", mutates_args=())
 def spectral_gate_op(x: torch.Tensor, weight: torch.Tensor, backend: str) -> torch.Tensor:
@@ -58,24 +96,230 @@ def _spectral_gate_backward_fake(grad_out, x, weight, backend):
     )
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, backend = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.backend = backend
+# -- routing: the ops, or the autograd.Function pair inside functorch / forward AD ------------
 
-
-def _backward(ctx, grad_out):
-    x, weight = ctx.saved_tensors
-    grad_x, grad_weight = spectral_gate_backward_op(grad_out, x, weight, ctx.backend)
+def _in_functorch_or_forward_ad() -> bool:
+    if torch.compiler.is_compiling():
+        return False
     return (
-        grad_x if ctx.needs_input_grad[0] else None,
-        grad_weight if ctx.needs_input_grad[1] else None,
-        None,
+        torch._C._functorch.peek_interpreter_stack() is not None
+        or forward_ad._current_level >= 0
     )
 
 
-spectral_gate_op.register_autograd(_backward, setup_context=_setup_context)
+def _gate(x: torch.Tensor, weight: torch.Tensor, backend: str) -> torch.Tensor:
+    """``G(x, K)``, differentiable to any order in both arguments."""
+    if _in_functorch_or_forward_ad():
+        return _GateFunction.apply(x, weight, backend)
+    return spectral_gate_op(x, weight, backend)
 
+
+def _gate_backward(grad_out, x, weight, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B(g, x, K) = (G(g, conj K), W(g, x))``, differentiable to any order."""
+    if _in_functorch_or_forward_ad():
+        return _GateBackwardFunction.apply(grad_out, x, weight, backend)
+    return spectral_gate_backward_op(grad_out, x, weight, backend)
+
+
+# -- the derivative rules, shared by both routes ---------------------------------------------
+
+def _conj(weight: torch.Tensor) -> torch.Tensor:
+    """The filter ``conj(K)`` in the ``(..., 2)`` real layout."""
+    return torch.stack((weight[..., 0], -weight[..., 1]), dim=-1)
+
+
+def _sum(terms):
+    terms = [t for t in terms if t is not None]
+    if not terms:
+        return None
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
+def _saved(t: torch.Tensor) -> torch.Tensor:
+    """Inference tensors cannot be saved for backward; torch.fft code never saves its input
+    (it saves the spectrum), so an inference-mode ``x`` must work here too: save a copy."""
+    return t.clone() if t.is_inference() else t
+
+
+def _gate_vjp(grad_y, x, weight, backend, needs):
+    """Cotangents of ``G`` for ``(x, weight)``: both come from one backward op call."""
+    if not (needs[0] or needs[1]):
+        return None, None
+    grad_x, grad_weight = _gate_backward(grad_y, x, weight, backend)
+    return (grad_x if needs[0] else None), (grad_weight if needs[1] else None)
+
+
+def _gate_jvp(x, weight, tangent_x, tangent_weight, backend):
+    return _sum([
+        None if tangent_x is None else _gate(tangent_x, weight, backend),
+        None if tangent_weight is None else _gate(x, tangent_weight, backend),
+    ])
+
+
+def _gate_backward_vjp(grad_y, x, weight, v_x, v_weight, backend, needs):
+    """Cotangents of ``B(grad_y, x, weight)`` given the cotangents ``(v_x, v_weight)`` of
+    its outputs, for its inputs ``(grad_y, x, weight)``."""
+    d_grad_y = d_x = d_weight = None
+    if needs[0]:
+        d_grad_y = _sum([
+            None if v_x is None else _gate(v_x, weight, backend),
+            None if v_weight is None else _gate(x, v_weight, backend),
+        ])
+    if needs[1] and v_weight is not None:
+        d_x = _gate(grad_y, _conj(v_weight), backend)
+    if needs[2] and v_x is not None:
+        d_weight = _conj(_gate_backward(v_x, grad_y, weight, backend)[1])
+    # Autograd wants a tensor (or None) per input, in the input's dtype.
+    return (
+        _cast(d_grad_y, grad_y) if needs[0] else None,
+        _cast(d_x, x) if needs[1] else None,
+        _cast(d_weight, weight) if needs[2] else None,
+    )
+
+
+def _gate_backward_jvp(grad_y, x, weight, t_grad_y, t_x, t_weight, backend):
+    terms_x, terms_weight = [], []
+    for args in ((t_grad_y, x, weight), (grad_y, t_x, t_weight)):
+        g, a, k = args
+        if g is None or (a is None and k is None):
+            continue
+        # B is linear in g and, for fixed g, in (x, K) jointly; a missing tangent is zero.
+        a = torch.zeros_like(x) if a is None else a
+        k = torch.zeros_like(weight) if k is None else k
+        tx, tk = _gate_backward(g, a, k, backend)
+        terms_x.append(tx)
+        terms_weight.append(tk)
+    return _cast(_sum(terms_x), x), _cast(_sum(terms_weight), weight)
+
+
+def _cast(t, like):
+    if t is None:
+        return torch.zeros_like(like)
+    return t.to(like.dtype)
+
+
+# -- route 1: the ops' registered autograd formulas ------------------------------------------
+
+def _setup_gate(ctx, inputs, output):
+    x, weight, backend = inputs
+    ctx.save_for_backward(_saved(x), _saved(weight))
+    ctx.backend = backend
+
+
+def _backward_gate(ctx, grad_y):
+    x, weight = ctx.saved_tensors
+    return (*_gate_vjp(grad_y, x, weight, ctx.backend, ctx.needs_input_grad), None)
+
+
+def _setup_gate_backward(ctx, inputs, output):
+    grad_y, x, weight, backend = inputs
+    ctx.save_for_backward(_saved(grad_y), _saved(x), _saved(weight))
+    ctx.backend = backend
+
+
+def _backward_gate_backward(ctx, v_x, v_weight):
+    grad_y, x, weight = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    return (*_gate_backward_vjp(grad_y, x, weight, v_x, v_weight, ctx.backend, needs), None)
+
+
+spectral_gate_op.register_autograd(_backward_gate, setup_context=_setup_gate)
+spectral_gate_backward_op.register_autograd(
+    _backward_gate_backward, setup_context=_setup_gate_backward
+)
+
+
+# -- route 2: autograd.Functions for torch.func and forward-mode AD -------------------------
+
+def _batch_first(t, bdim, size):
+    """``t`` with its vmap dimension in front (expanded if ``t`` is not batched)."""
+    if bdim is None:
+        return t.unsqueeze(0).expand(size, *t.shape)
+    return t.movedim(bdim, 0)
+
+
+def _fold_into_channels(t, bdim, size, channel_axis):
+    """Fold the vmap dimension into the channel axis: channels are independent problems,
+    so a vmapped gate is one gate over ``V * C`` channels."""
+    return _batch_first(t, bdim, size).movedim(0, channel_axis).flatten(channel_axis, channel_axis + 1)
+
+
+class _GateFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(x, weight, backend):
+        return spectral_gate_op(x, weight, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, backend = inputs
+        ctx.save_for_backward(_saved(x), _saved(weight))
+        ctx.save_for_forward(x, weight)
+        ctx.backend = backend
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        return (*_gate_vjp(grad_y, x, weight, ctx.backend, ctx.needs_input_grad), None)
+
+    @staticmethod
+    def jvp(ctx, tangent_x, tangent_weight, _):
+        x, weight = ctx.saved_tensors
+        return _cast(_gate_jvp(x, weight, tangent_x, tangent_weight, ctx.backend), x)
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, backend):
+        x_dim, weight_dim, _ = in_dims
+        v = info.batch_size
+        if weight_dim is None:  # one filter: the vmap dimension is more images
+            x5 = x.movedim(x_dim, 0)
+            y = _gate(x5.flatten(0, 1), weight, backend)
+            return y.unflatten(0, x5.shape[:2]), 0
+        y = _gate(_fold_into_channels(x, x_dim, v, 3), _fold_into_channels(weight, weight_dim, v, 2), backend)
+        return y.unflatten(3, (v, -1)), 3
+
+
+class _GateBackwardFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(grad_y, x, weight, backend):
+        return spectral_gate_backward_op(grad_y, x, weight, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_y, x, weight, backend = inputs
+        ctx.save_for_backward(_saved(grad_y), _saved(x), _saved(weight))
+        ctx.save_for_forward(grad_y, x, weight)
+        ctx.backend = backend
+
+    @staticmethod
+    def backward(ctx, v_x, v_weight):
+        grad_y, x, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        return (*_gate_backward_vjp(grad_y, x, weight, v_x, v_weight, ctx.backend, needs), None)
+
+    @staticmethod
+    def jvp(ctx, t_grad_y, t_x, t_weight, _):
+        grad_y, x, weight = ctx.saved_tensors
+        return _gate_backward_jvp(grad_y, x, weight, t_grad_y, t_x, t_weight, ctx.backend)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_y, x, weight, backend):
+        # The filter gradient sums over images, so the vmap dimension must not join the
+        # images: fold it into the channels for all three inputs.
+        g_dim, x_dim, weight_dim, _ = in_dims
+        v = info.batch_size
+        grad_x, grad_weight = _gate_backward(
+            _fold_into_channels(grad_y, g_dim, v, 3),
+            _fold_into_channels(x, x_dim, v, 3),
+            _fold_into_channels(weight, weight_dim, v, 2),
+            backend,
+        )
+        return (grad_x.unflatten(3, (v, -1)), grad_weight.unflatten(2, (v, -1))), (3, 2)
+
+
+# -- the public function -------------------------------------------------------------------------
 
 def spectral_gate(
     x: torch.Tensor, weight: torch.Tensor, *, backend: Optional[str] = None
@@ -90,18 +334,20 @@ def spectral_gate(
             ``$SPECTFORMER_BACKEND`` if set, else ``"auto"``.
 
     Returns:
-        ``(B, H, W, C)`` in ``x.dtype``, differentiable in ``x`` and ``weight``. Inside an
+        ``(B, H, W, C)`` in ``x.dtype``, differentiable in ``x`` and ``weight`` to any order,
+        in reverse and forward mode and under the ``torch.func`` transforms. Inside an
         autocast region an fp32 ``x`` is first cast to the autocast dtype, as a matmul's
         inputs would be.
     """
     check_spectral_gate_inputs(x, weight)
-    if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:
+    autocast_dtype = _autocast_dtype(x)
+    if autocast_dtype is not None and x.dtype == torch.float32:
         # Like a matmul under autocast: run (and return) in the autocast dtype. The
         # backends still accumulate in fp32 and the weight stays fp32.
-        x = x.to(torch.get_autocast_dtype(x.device.type))
+        x = x.to(autocast_dtype)
     name = backends.resolve_backend(backend, x, weight)
     if torch.onnx.is_in_onnx_export():
         # ONNX has no custom-op kernel to call: export the matmul form, which every
         # runtime executes (and which computes the same function).
         return spectral_gate_dft(x, weight)
-    return spectral_gate_op(x, weight, name)
+    return _gate(x, weight, name)

@@ -43,8 +43,11 @@ def spectral_gate_reference_backward(
     k = torch.view_as_complex(weight.to(dtype).contiguous())
     d_gated = torch.fft.rfft2(grad_out.to(dtype), dim=(1, 2), norm="ortho") * c
     spec = torch.fft.rfft2(x.to(dtype), dim=(1, 2), norm="ortho")
-    grad_k = (spec.conj() * d_gated).sum(0)
-    grad_x = torch.fft.irfft2(d_gated * k.conj() / c, s=(h, w), dim=(1, 2), norm="ortho")
+    # conj_physical, not conj: run inside an AOTAutograd-compiled graph (torch.compile,
+    # opcheck), the lazy conjugate view of conj() lost its conjugate bit (torch 2.13) and
+    # gave silently wrong gradients.
+    grad_k = (spec.conj_physical() * d_gated).sum(0)
+    grad_x = torch.fft.irfft2(d_gated * k.conj_physical() / c, s=(h, w), dim=(1, 2), norm="ortho")
     return grad_x.to(x.dtype), torch.view_as_real(grad_k).to(weight.dtype).contiguous()
 
 
