@@ -40,6 +40,7 @@ from functools import lru_cache
 from typing import Optional
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 # Axis length -> (N1, N2) for the factored transforms; other lengths use one dense DFT.
 # From CPU measurements (2 threads, batch 16; see the module docstring). H is the complex
@@ -196,6 +197,15 @@ def _device_plan(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _D
     found = _device_plans.get(key)
     if found is not None:
         return found
+    # Constants, built for real even while torch.export / ONNX export traces the caller
+    # (traced, their complex casts would land in the exported graph).
+    with _disable_current_modes():
+        found = _build_device_plan(h, w, dtype, device)
+    _device_plans[key] = found
+    return found
+
+
+def _build_device_plan(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _DevicePlan:
     plan = _plan(h, w)
     cdtype = _complex_dtype(dtype)
 
@@ -209,7 +219,7 @@ def _device_plan(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _D
     position_of = torch.empty(wk, dtype=torch.int64)
     valid = plan.w_frequency < wk
     position_of[plan.w_frequency[valid]] = torch.arange(len(plan.w_frequency))[valid]
-    found = _DevicePlan(
+    return _DevicePlan(
         plan=plan,
         w_forward=real(plan.w_forward), w_inverse=real(plan.w_inverse),
         w_stage1=real(plan.w_stage1),
@@ -221,8 +231,6 @@ def _device_plan(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _D
         w_index=torch.clamp(plan.w_frequency, max=wk).to(device),  # wk -> a zero pad column
         w_inverse_index=position_of.to(device),
     )
-    _device_plans[key] = found
-    return found
 
 
 # -- the two transforms --------------------------------------------------------------------------
@@ -274,13 +282,16 @@ def _inverse(spec: torch.Tensor, p: _DevicePlan, w: int, c: int) -> torch.Tensor
 def _filter_layout(weight: torch.Tensor, p: _DevicePlan, dtype: torch.dtype) -> torch.Tensor:
     """``K (H, Wk, C, 2)`` -> complex ``(H, C*Wk')`` in the spectrum's layout order."""
     h, wk, c, _ = weight.shape
-    k = torch.view_as_complex(weight.to(dtype).contiguous())  # (H, Wk, C)
-    k = torch.cat((k, k.new_zeros(h, 1, c)), dim=1)  # a zero column for the extra bins
-    k = k.index_select(0, p.h_index).index_select(1, p.w_index)  # (H, Wk', C)
+    # Gathered and padded as real (..., 2) pairs: ONNX export has no complex new_zeros.
+    k = weight.to(dtype)
+    k = torch.cat((k, k.new_zeros(h, 1, c, 2)), dim=1)  # a zero column for the extra bins
+    k = k.index_select(0, p.h_index).index_select(1, p.w_index)  # (H, Wk', C, 2)
     if p.plan.w_factors is not None:
         n1, _, k2 = p.plan.w_factors
-        return k.view(h, n1, k2, c).transpose(2, 3).reshape(h, -1)  # (H, N1*C*K2)
-    return k.transpose(1, 2).reshape(h, -1)  # (H, C*Wk)
+        k = k.view(h, n1, k2, c, 2).transpose(2, 3)  # (H, N1, C, K2, 2)
+    else:
+        k = k.transpose(1, 2)  # (H, C, Wk, 2)
+    return torch.view_as_complex(k.contiguous()).reshape(h, -1)
 
 
 def _filter_gradient(grad: torch.Tensor, p: _DevicePlan, wk: int, c: int) -> torch.Tensor:
@@ -315,8 +326,9 @@ def spectral_gate_dft_backward(
     p = _device_plan(h, w, dtype, x.device)
     d_spec = _spectrum(grad_out.to(dtype), p)  # the spectrum of dy; D = c * d_spec
     spec = _spectrum(x.to(dtype), p)
-    # dK = sum_b conj(X) * c * D, one reduction over the batch.
-    grad_k = torch.linalg.vecdot(spec, d_spec, dim=0) * _c_layout(p, c)
+    # dK = sum_b conj(X) * c * D, in place in X's buffer. conj_physical_, not conj() or
+    # linalg.vecdot: their lazy conjugate bit is lost inside an AOTAutograd graph.
+    grad_k = spec.conj_physical_().mul_(d_spec).sum(0).mul_(_c_layout(p, c))
     grad_weight = _filter_gradient(grad_k, p, w // 2 + 1, c).to(weight.dtype)
     # dx = the forward map with conj(K): the inverse of D * conj(K) / c = d_spec * conj(K).
     d_spec.mul_(_filter_layout(weight, p, dtype).conj_physical())
