@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Union
 
 import torch
@@ -123,6 +124,23 @@ def adapt_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module) -> dic
     return adapted
 
 
+def read_checkpoint(path: Union[str, os.PathLike], weights_only: bool = True):
+    """``torch.load`` onto the CPU, allowing the argparse namespace official checkpoints
+    store; a missing, empty or unreadable file is an error naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # truncated, text, another format: torch raises many types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint {str(path)!r} is not a readable PyTorch checkpoint "
+                         f"(truncated or corrupt?): {reason}") from exc
+
+
 def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike, Mapping],
                     strict: bool = True, weights_only: bool = True):
     """Load a checkpoint (a path, or an already loaded dict) into ``model``.
@@ -135,8 +153,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
     result (missing and unexpected keys).
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path_or_state_dict, map_location="cpu", weights_only=weights_only)
+        checkpoint = read_checkpoint(path_or_state_dict, weights_only=weights_only)
     elif isinstance(path_or_state_dict, Mapping):
         checkpoint = path_or_state_dict
     else:
