@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -11,6 +12,13 @@ ERROR_EXIT = 2
 
 # Long library messages (a state-dict mismatch lists every key) are cut to stay readable.
 MAX_CHARS = 600
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line: the usage of forty flags buries the error."""
+
+    def error(self, message: str):
+        self.exit(ERROR_EXIT, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def one_line(exc: BaseException) -> str:

@@ -164,7 +164,9 @@ def _recipes_epilog() -> str:
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     """A parser whose defaults are all suppressed, so parsed values are exactly those given."""
-    parser = argparse.ArgumentParser(
+    from .cli import ArgumentParser
+
+    parser = ArgumentParser(
         prog="python -m spectformer.train", description=description,
         argument_default=argparse.SUPPRESS, epilog=_recipes_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,

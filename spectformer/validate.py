@@ -98,8 +98,9 @@ def load_weights(model: nn.Module, raw, path: str, use_ema: bool, model_name: st
     try:
         spectformer.load_checkpoint(model, state)
     except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"--checkpoint {path!r} does not fit --model {model_name or type(model).__name__} "
-                         f"as built here: {' '.join(str(exc).split())}") from exc
+        raise ValueError(f"--checkpoint {path!r} does not fit --model "
+                         f"{model_name or type(model).__name__} as built here: "
+                         f"{' '.join(str(exc).split())}") from exc
     if is_training:
         return f"{'EMA' if use_ema else 'model'} weights after epoch {raw['epoch']}"
     return "state dict"
@@ -116,7 +117,9 @@ def model_overrides(data: str, num_classes=None, img_size=None, backend=None,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .cli import ArgumentParser
+
+    parser = ArgumentParser(
         prog="python -m spectformer.validate",
         description="Evaluate a SpectFormer / GFNet model. With a training checkpoint of "
                     "spectformer.train, --model, --data, --img-size and --num-classes default "
@@ -186,7 +189,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     amp = ("bf16" if device.type == "cuda" else "none") if args.amp == "auto" else args.amp
     overrides = model_overrides(args.data, args.num_classes, args.img_size, args.backend)
     model = spectformer.create_model(args.model, **overrides)
-    loaded = load_weights(model, raw, args.checkpoint, args.ema, args.model) if raw is not None else "random initialisation"
+    loaded = ("random initialisation" if raw is None
+              else load_weights(model, raw, args.checkpoint, args.ema, args.model))
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     spec = image_spec(model.default_cfg, args.img_size)

@@ -132,3 +132,27 @@ def test_validate_takes_the_model_from_a_training_checkpoint(tmp_path, capsys):
     err = refused(capsys, validate.main, "spectformer.validate",
                   ["--model", "spectformer_t", "--checkpoint", str(out / "last.pt")])
     assert "does not fit --model spectformer_t" in err
+
+
+def test_malformed_flag_value_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*TRAIN, "--epochs", "many"])
+    assert exit_info.value.code == cli.ERROR_EXIT
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--epochs: invalid int value: 'many'" in err
+
+
+def test_refused_validate_flag(capsys, tmp_path):
+    err = refused(capsys, validate.main, "spectformer.validate",
+                  ["--model", "spectformer_digits", "--data", "digits", "--batch-size", "0"])
+    assert "--batch-size must be" in err
+    err = refused(capsys, validate.main, "spectformer.validate",
+                  ["--model", "spectformer_digits", "--data", "digits", "--output", str(tmp_path)])
+    assert "is a folder, not a file" in err
+
+
+def test_help_names_the_program_and_the_small_models_recipes():
+    text = spectformer.config.build_parser("Train.").format_help()
+    assert text.startswith("usage: python -m spectformer.train")
+    assert "spectformer_digits: --epochs 12" in text
+    assert "[default:" not in text and "(default: the model's) (default" not in text
