@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 
 import spectformer_kernels as sk
-from benchmarks.common import add_output_flags, environment, flatten, list_of, quartiles, save_results
+from benchmarks.common import (
+    add_output_flags, environment, flatten, list_of, quartiles, save_results,
+)
 from benchmarks.shapes import SHAPES
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -122,7 +124,8 @@ def benchmark(args) -> list[dict]:
                 print(f"  skip {backend} {shape_name} {dtype_name}: {err}", file=sys.stderr)
                 continue
             out = out if isinstance(out, torch.Tensor) else out[0]
-            samples = time_cuda(run, args.reps) if device.type == "cuda" else time_cpu(run, args.min_seconds)
+            samples = (time_cuda(run, args.reps) if device.type == "cuda"
+                       else time_cpu(run, args.min_seconds))
             results[backend] = (quartiles(samples), out.float())
         (_, ref_seconds, _), ref_out = results["reference"]
         for backend, ((p25, seconds, p75), out) in results.items():
@@ -146,7 +149,8 @@ def print_table(rows: list[dict]) -> None:
     print("-" * len(header))
     for r in rows:
         print(f"{r['shape']:>10} {r['dtype']:>5} {r['mode']:>8} {r['backend']:>10} "
-              f"{r['median_us']:>11.1f} {r['p25_us']:>8.1f}-{r['p75_us']:<8.1f} {r['gbps']:>8.1f} {r['pct_copy_bw']:>6.1f}% "
+              f"{r['median_us']:>11.1f} {r['p25_us']:>8.1f}-{r['p75_us']:<8.1f} "
+              f"{r['gbps']:>8.1f} {r['pct_copy_bw']:>6.1f}% "
               f"{r['speedup_vs_reference']:>6.2f}x {r['rel_err_vs_reference']:>10}")
 
 

@@ -28,7 +28,9 @@ from torch import nn
 
 import spectformer
 import spectformer_kernels as sk
-from benchmarks.common import add_output_flags, environment, flatten, list_of, quartiles, save_results
+from benchmarks.common import (
+    add_output_flags, environment, flatten, list_of, quartiles, save_results,
+)
 from spectformer.augment import soft_target_cross_entropy, smooth_one_hot
 from spectformer.train import parameter_groups
 
@@ -38,7 +40,8 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FIELDS = [
     "timestamp", "device", "torch", "triton", "cuda", "commit", "note", "model", "img_size",
     "batch", "amp", "backend", "compile", "channels_last", "warmup_steps", "timed_steps",
-    "step_ms_median", "step_ms_p25", "step_ms_p75", "step_ms_mean", "images_per_s", "speedup_vs_reference", "peak_mem_mib",
+    "step_ms_median", "step_ms_p25", "step_ms_p75", "step_ms_mean", "images_per_s",
+    "speedup_vs_reference", "peak_mem_mib",
     "status",
 ]
 

@@ -59,7 +59,8 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
     """Call ``write(binary_file)`` on a temporary file, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX,
+                                    dir=path.parent)
     try:
         # mkstemp makes the file private (0600); the result should be like any other file.
         os.fchmod(fd, 0o666 & ~_current_umask())
@@ -154,9 +155,8 @@ def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], keys
         )
 
 
-def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path,
-                      flag: str = "--resume") -> None:
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{flag} {str(path)!r}: {what} does not match the model: {exc}") from exc
+        raise CheckpointError(f"--resume {str(path)!r}: {what} does not match the model: {exc}") from exc

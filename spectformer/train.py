@@ -488,7 +488,8 @@ class Trainer:
 
     def _blank_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.cfg.img_size
-        return torch.zeros(1, self.model.default_cfg["input_size"][0], size, size), torch.zeros(1, dtype=torch.long)
+        in_chans = self.model.default_cfg["input_size"][0]
+        return torch.zeros(1, in_chans, size, size), torch.zeros(1, dtype=torch.long)
 
     def _train_step(self, images: torch.Tensor, target: torch.Tensor,
                     loss_weight: float = 1.0) -> torch.Tensor:
@@ -620,7 +621,7 @@ def check_output(cfg: TrainConfig, resume_folder: Optional[Path]) -> None:
     out = Path(cfg.output)
     holds_run = any((out / name).exists() for name in ("last.pt", "summary.csv"))
     if holds_run and (resume_folder is None or out.resolve() != resume_folder.resolve()):
-        continuing = f"continue it with --resume {str(out / 'last.pt')!r} or " if resume_folder is None else ""
+        continuing = "" if resume_folder else f"continue it with --resume {str(out / 'last.pt')!r} or "
         raise FileExistsError(f"--output {str(out)!r} already holds a run; {continuing}"
                               "choose another --output")
 
