@@ -26,9 +26,9 @@ install: $(if $(VIRTUAL_ENV),,$(VENV)/bin/python)
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Trains the small digits model (scikit-learn's bundled 8x8 digits, no download) to >= 90%
-# validation top-1 in a few CPU minutes; writes summary.csv, curves.png and checkpoints
-# under output/train/.
+# Trains the small digits model (scikit-learn's bundled 8x8 digits, no download): 96.7%
+# validation top-1 after 12 epochs, about a minute on 2 CPU cores (README, "Training");
+# writes summary.csv, curves.png and checkpoints under output/train/.
 demo: install
 	$(PY) -m spectformer.train --model spectformer_digits --data digits
 

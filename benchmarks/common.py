@@ -1,16 +1,55 @@
-"""Shared by the benchmarks: where a row ran (device, versions, commit) and how rows are saved."""
+"""Shared by the benchmarks: where a row ran (device, versions, commit), their common flags,
+the spread of timings, and how rows are saved."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import platform
+import statistics
 import subprocess
 from pathlib import Path
 
-import torch
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# A run's rows land in an ignored folder of the working directory; the committed
+# benchmarks/results change only when --out names it on purpose.
+DEFAULT_OUT = Path("output") / "benchmarks"
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+def list_of(choices=None):
+    """``type=`` for ``nargs="+"`` flags: ``--shapes a b`` (the style every benchmark uses);
+    commas are split too, so ``a,b`` still works."""
+    def parse(text: str) -> list[str]:
+        values = [v for v in text.split(",") if v]
+        unknown = [v for v in values if choices is not None and v not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from "
+                                             f"{', '.join(choices)}")
+        return values
+    return parse
+
+
+def flatten(values) -> list:
+    return None if values is None else [v for group in values for v in group]
+
+
+def add_output_flags(parser: argparse.ArgumentParser, plot: bool = True) -> None:
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"folder for the results (default: {DEFAULT_OUT}, not tracked; "
+                             "benchmarks/results holds the committed ones)")
+    parser.add_argument("--no-save", action="store_true", help="print only, write nothing")
+    if plot:
+        parser.add_argument("--plot", action="store_true", help="also draw a PNG")
+
+
+def quartiles(samples: list[float]) -> tuple[float, float, float]:
+    """``(25th percentile, median, 75th percentile)`` of repeated timings."""
+    if len(samples) < 2:
+        return samples[0], samples[0], samples[0]
+    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return q1, median, q3
 
 
 def git_commit() -> str:
@@ -28,7 +67,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device) -> str:
+    import torch  # here, so torch-free tools (triton_resources) can share this module
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -40,7 +81,9 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
-def environment(device: torch.device) -> dict:
+def environment(device) -> dict:
+    import torch
+
     try:
         import triton
 
@@ -58,14 +101,21 @@ def environment(device: torch.device) -> dict:
 
 
 def append_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
-    """Append rows under ``fields``; refuse a file whose header holds other columns."""
+    """Append rows under ``fields``. A file written before new columns were added is
+    rewritten with them (empty in its old rows); one with unknown columns is refused."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         with path.open(newline="") as f:
-            header = next(csv.reader(f), None)
-        if header != fields:
+            reader = csv.DictReader(f)
+            header, old_rows = reader.fieldnames or [], list(reader)
+        if not set(header) <= set(fields):
             raise ValueError(f"{path} has other columns than this benchmark writes; move it "
                              "aside or pass another --out")
+        if header != fields:
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(old_rows)
     new_file = not path.exists()
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)

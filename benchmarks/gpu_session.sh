@@ -71,7 +71,7 @@ step tests 150 python -m pytest -q --maxfail=20 -rs tests/test_cuda_backend.py $
   --junitxml="$OUT/tests.xml"
 
 # 3. Kernel benchmark: every available backend (cuda, cuda_fused, cuda_cufft, triton,
-#    reference, dft), the DESIGN shapes, fp32 and bf16, fwd and fwd+bwd.
+#    reference, dft), the shapes of benchmarks/shapes.py, fp32 and bf16, fwd and fwd+bwd.
 step benchmark 150 python -m benchmarks.spectral_gate --device cuda --out "$OUT" --plot
 
 # 4. compute-sanitizer over the small GPU cases (-k sanitizer) of the kernel tests. The

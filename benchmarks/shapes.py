@@ -1,4 +1,4 @@
-"""The token grids that matter (DESIGN section 5), shared by every benchmark; torch-free."""
+"""The token grids that matter, shared by every benchmark and the GPU tests; torch-free."""
 
 # Vanilla 14x14 stages, hierarchical stage-1/2 grids (H-S/H-B, then H-L), the 7x7 stage.
 SHAPES = {

@@ -2,13 +2,14 @@
 
     python -m benchmarks.spectral_gate                 # GPU if there is one, else a CPU run
     python -m benchmarks.spectral_gate --device cpu --plot
-    python -m benchmarks.spectral_gate --shapes 14x14x384 --dtypes bf16 --modes fwd
+    python -m benchmarks.spectral_gate --shapes 14x14x384 7x7x768 --dtypes bf16 --modes fwd
 
-For each backend, shape, dtype and mode it reports the median time, the achieved bandwidth
-against the op's floor (forward: read x + write y; forward+backward: that plus read x and dy,
-write dx), that bandwidth as a share of the device's copy bandwidth measured in the same run,
-and the speed-up over ``reference``. Rows are appended, with device, versions and commit, to
-``benchmarks/results/spectral_gate.csv``; ``--plot`` draws the speed-ups as a PNG.
+For each backend, shape, dtype and mode it reports the median time with its interquartile
+range, the achieved bandwidth against the op's floor (forward: read x + write y;
+forward+backward: that plus read x and dy, write dx), that bandwidth as a share of the
+device's copy bandwidth measured in the same run, and the speed-up over ``reference``. Rows
+are appended, with device, versions and commit, to ``OUT/spectral_gate_{cpu,gpu}.csv``
+(``--out``, default ``output/benchmarks``); ``--plot`` draws the speed-ups as a PNG.
 """
 
 from __future__ import annotations
@@ -21,22 +22,22 @@ from pathlib import Path
 import torch
 
 import spectformer_kernels as sk
-from benchmarks.common import environment, save_results
+from benchmarks.common import (
+    add_output_flags, environment, flatten, list_of, quartiles, save_results,
+)
 from benchmarks.shapes import SHAPES
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("fwd", "fwd+bwd")
 FIELDS = [
     "timestamp", "device", "torch", "triton", "cuda", "commit", "backend", "shape", "batch",
-    "dtype", "mode", "median_us", "gbps", "pct_copy_bw", "speedup_vs_reference",
+    "dtype", "mode", "median_us", "p25_us", "p75_us", "gbps", "pct_copy_bw", "speedup_vs_reference",
     "rel_err_vs_reference", "copy_gbps",
 ]
 
 
-def time_cuda(fn, reps: int) -> float:
-    """Median seconds with CUDA events, L2 flushed before every rep (memory-bound op)."""
+def time_cuda(fn, reps: int) -> list[float]:
+    """Seconds per rep with CUDA events, L2 flushed before every rep (memory-bound op)."""
     flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
     for _ in range(max(3, reps // 10)):
         fn()
@@ -48,13 +49,14 @@ def time_cuda(fn, reps: int) -> float:
         fn()
         end.record()
     torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / 1e3
+    return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
 
 
-def time_cpu(fn, min_seconds: float) -> float:
+def time_cpu(fn, min_seconds: float) -> list[float]:
+    """Seconds per call, one value per timed block of calls."""
     from torch.utils.benchmark import Timer
 
-    return Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_seconds).median
+    return list(Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_seconds).times)
 
 
 def copy_bandwidth(device: torch.device, quick: bool) -> float:
@@ -63,7 +65,7 @@ def copy_bandwidth(device: torch.device, quick: bool) -> float:
     src = torch.randn(numel, device=device)
     dst = torch.empty_like(src)
     fn = lambda: dst.copy_(src)  # noqa: E731
-    seconds = time_cuda(fn, 50) if device.type == "cuda" else time_cpu(fn, 0.5)
+    seconds = statistics.median(time_cuda(fn, 50) if device.type == "cuda" else time_cpu(fn, 0.5))
     return 2 * src.numel() * src.element_size() / seconds
 
 
@@ -122,15 +124,17 @@ def benchmark(args) -> list[dict]:
                 print(f"  skip {backend} {shape_name} {dtype_name}: {err}", file=sys.stderr)
                 continue
             out = out if isinstance(out, torch.Tensor) else out[0]
-            seconds = time_cuda(run, args.reps) if device.type == "cuda" else time_cpu(run, args.min_seconds)
-            results[backend] = (seconds, out.float())
-        ref_seconds, ref_out = results["reference"]
-        for backend, (seconds, out) in results.items():
+            samples = (time_cuda(run, args.reps) if device.type == "cuda"
+                       else time_cpu(run, args.min_seconds))
+            results[backend] = (quartiles(samples), out.float())
+        (_, ref_seconds, _), ref_out = results["reference"]
+        for backend, ((p25, seconds, p75), out) in results.items():
             gbps = floor_bytes(x, mode) / seconds
             err = ((out - ref_out).norm() / ref_out.norm()).item()
             rows.append({
                 **env, "backend": backend, "shape": shape_name, "batch": args.batch,
                 "dtype": dtype_name, "mode": mode, "median_us": round(seconds * 1e6, 2),
+                "p25_us": round(p25 * 1e6, 2), "p75_us": round(p75 * 1e6, 2),
                 "gbps": round(gbps / 1e9, 2), "pct_copy_bw": round(100 * gbps / copy_bw, 1),
                 "speedup_vs_reference": round(ref_seconds / seconds, 2),
                 "rel_err_vs_reference": f"{err:.1e}", "copy_gbps": round(copy_bw / 1e9, 1),
@@ -140,12 +144,13 @@ def benchmark(args) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     header = f"{'shape':>10} {'dtype':>5} {'mode':>8} {'backend':>10} {'median us':>11} " \
-             f"{'GB/s':>8} {'% copy':>7} {'vs ref':>7} {'err vs ref':>10}"
+             f"{'IQR us':>17} {'GB/s':>8} {'% copy':>7} {'vs ref':>7} {'err vs ref':>10}"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['shape']:>10} {r['dtype']:>5} {r['mode']:>8} {r['backend']:>10} "
-              f"{r['median_us']:>11.1f} {r['gbps']:>8.1f} {r['pct_copy_bw']:>6.1f}% "
+              f"{r['median_us']:>11.1f} {r['p25_us']:>8.1f}-{r['p75_us']:<8.1f} "
+              f"{r['gbps']:>8.1f} {r['pct_copy_bw']:>6.1f}% "
               f"{r['speedup_vs_reference']:>6.2f}x {r['rel_err_vs_reference']:>10}")
 
 
@@ -163,16 +168,25 @@ def plot(rows: list[dict], path: Path) -> None:
     width = 0.8 / len(backends)
     for ax, (dtype, mode) in zip(axes[:, 0], panels):
         for i, backend in enumerate(backends):
-            speedups = []
+            speedups, spread = [], [[], []]
             for shape in shapes:
                 match = [r for r in rows if (r["dtype"], r["mode"], r["backend"], r["shape"])
                          == (dtype, mode, backend, shape)]
-                speedups.append(match[0]["speedup_vs_reference"] if match else 0.0)
-            bars = ax.bar([s + i * width for s in range(len(shapes))], speedups, width, label=backend)
+                ref = [r for r in rows if (r["dtype"], r["mode"], r["backend"], r["shape"])
+                       == (dtype, mode, "reference", shape)]
+                speedup = match[0]["speedup_vs_reference"] if match else 0.0
+                speedups.append(speedup)
+                # The bar's whisker: the speed-up at this backend's 75th and 25th percentile.
+                low = ref[0]["median_us"] / match[0]["p75_us"] if match and ref else speedup
+                high = ref[0]["median_us"] / match[0]["p25_us"] if match and ref else speedup
+                spread[0].append(max(speedup - low, 0.0))
+                spread[1].append(max(high - speedup, 0.0))
+            bars = ax.bar([s + i * width for s in range(len(shapes))], speedups, width, label=backend,
+                          yerr=spread, capsize=2, error_kw={"linewidth": 0.7})
             ax.bar_label(bars, fmt="%.1f", fontsize=7)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xticks([s + 0.4 - width / 2 for s in range(len(shapes))], shapes, fontsize=8)
-        ax.set_ylabel("speed-up vs reference")
+        ax.set_ylabel("speed-up vs reference\n(whiskers: interquartile range)")
         ax.set_title(f"{dtype}, {mode}, batch {rows[0]['batch']}", fontsize=9)
         ax.legend(fontsize=7, ncol=len(backends))
     fig.suptitle(f"spectral gate on {rows[0]['device']} (commit {rows[0]['commit']})", fontsize=10)
@@ -183,34 +197,33 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.spectral_gate",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         choices=["cpu", "cuda"])
     parser.add_argument("--batch", type=int, help="batch size (default 128 on GPU, 16 on CPU)")
-    parser.add_argument("--shapes", default="all",
-                        help=f"comma-separated HxWxC from {', '.join(SHAPES)}, or 'all'")
-    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
-    parser.add_argument("--modes", default="fwd,fwd+bwd", help="comma-separated: fwd, fwd+bwd")
-    parser.add_argument("--backends", help="comma-separated (default: every available backend)")
+    parser.add_argument("--shapes", nargs="+", type=list_of(SHAPES),
+                        help=f"HxWxC of {' '.join(SHAPES)} (default: all)")
+    parser.add_argument("--dtypes", nargs="+", type=list_of(DTYPES), help="default: fp32 bf16")
+    parser.add_argument("--modes", nargs="+", type=list_of(MODES), help="default: fwd fwd+bwd")
+    parser.add_argument("--backends", nargs="+", type=list_of(),
+                        help="default: every available backend")
     parser.add_argument("--reps", type=int, default=100, help="timed reps per case on GPU")
     parser.add_argument("--min-seconds", type=float, default=0.5, help="time per case on CPU")
     parser.add_argument("--quick", action="store_true", help="fewer reps, smaller copy probe")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for CSV and PNG")
-    parser.add_argument("--no-save", action="store_true", help="print only, write nothing")
-    parser.add_argument("--plot", action="store_true", help="also draw a PNG of the speed-ups")
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
     args.batch = args.batch or (128 if args.device == "cuda" else 16)
-    args.shapes = list(SHAPES) if args.shapes == "all" else args.shapes.split(",")
-    args.dtypes = args.dtypes.split(",")
-    args.modes = args.modes.split(",")
-    args.backends = args.backends.split(",") if args.backends else None
-    for name, values, valid in (("--shapes", args.shapes, SHAPES), ("--dtypes", args.dtypes, DTYPES),
-                                ("--modes", args.modes, MODES)):
-        unknown = [v for v in values if v not in valid]
-        if unknown:
-            parser.error(f"{name}: unknown {unknown}; choose from {', '.join(valid)}")
+    args.shapes = flatten(args.shapes) or list(SHAPES)
+    args.dtypes = flatten(args.dtypes) or ["fp32", "bf16"]
+    args.modes = flatten(args.modes) or list(MODES)
+    args.backends = flatten(args.backends)
+    unknown = [b for b in args.backends or [] if b not in sk.registered_backends()]
+    if unknown:
+        parser.error(f"--backends: unknown {', '.join(unknown)}; choose from "
+                     f"{', '.join(sk.registered_backends())}")
     if args.quick:
         args.reps, args.min_seconds = 20, 0.2
     return args

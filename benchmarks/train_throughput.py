@@ -1,17 +1,18 @@
 """End-to-end training throughput: what each spectral-gating backend buys a whole model.
 
     python -m benchmarks.train_throughput                  # GPU: the three models below, bf16
-    python -m benchmarks.train_throughput --models gfnet_s --batch-size 64 --amp none
+    python -m benchmarks.train_throughput --models gfnet_s spectformer_s --batch-size 64 --amp none
     python -m benchmarks.train_throughput --device cpu     # a small CPU case, labelled as such
 
 For each model and each available backend (``spectformer_kernels.available_backends()``,
 ``auto`` left out), in one process: build the model from the same seed, run warm-up steps,
 then timed training steps (forward, soft-target cross-entropy, backward, gradient clipping,
 AdamW; the step ``spectformer.train`` runs) on one fixed synthetic batch already on the
-device, so no data loading is timed. Reports the median step time, images/s, the speed-up
-over ``reference`` and, on CUDA, the peak memory allocated during the timed steps. Rows are
-appended, with device, versions and commit, to ``benchmarks/results/train_throughput_{gpu,cpu}.csv``;
-``--plot`` draws images/s and peak memory as a PNG.
+device, so no data loading is timed. Reports the median step time with its interquartile
+range, images/s, the speed-up over ``reference`` and, on CUDA, the peak memory allocated
+during the timed steps. Rows are appended, with device, versions and commit, to
+``OUT/train_throughput_{gpu,cpu}.csv`` (``--out``, default ``output/benchmarks``); ``--plot``
+draws images/s (with the interquartile range) and peak memory as a PNG.
 """
 
 from __future__ import annotations
@@ -27,18 +28,20 @@ from torch import nn
 
 import spectformer
 import spectformer_kernels as sk
-from benchmarks.common import environment, save_results
+from benchmarks.common import (
+    add_output_flags, environment, flatten, list_of, quartiles, save_results,
+)
 from spectformer.augment import soft_target_cross_entropy, smooth_one_hot
 from spectformer.train import parameter_groups
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GPU_MODELS = ("spectformer_s", "gfnet_s", "spectformer_h_s")
 CPU_MODEL = "spectformer_digits"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FIELDS = [
     "timestamp", "device", "torch", "triton", "cuda", "commit", "note", "model", "img_size",
     "batch", "amp", "backend", "compile", "channels_last", "warmup_steps", "timed_steps",
-    "step_ms_median", "step_ms_mean", "images_per_s", "speedup_vs_reference", "peak_mem_mib",
+    "step_ms_median", "step_ms_p25", "step_ms_p75", "step_ms_mean", "images_per_s",
+    "speedup_vs_reference", "peak_mem_mib",
     "status",
 ]
 
@@ -96,10 +99,12 @@ def measure(model_name: str, backend: str, args, device: torch.device) -> dict:
             step()
             step_seconds.append(time.perf_counter() - begin)
         peak_mib = None
-    median = statistics.median(step_seconds)
+    p25, median, p75 = quartiles(step_seconds)
     return {
         "img_size": height,
         "step_ms_median": round(median * 1e3, 3),
+        "step_ms_p25": round(p25 * 1e3, 3),
+        "step_ms_p75": round(p75 * 1e3, 3),
         "step_ms_mean": round(statistics.fmean(step_seconds) * 1e3, 3),
         "images_per_s": round(args.batch_size / median, 1),
         "peak_mem_mib": round(peak_mib, 1) if peak_mib is not None else "",
@@ -149,14 +154,15 @@ def print_table(rows: list[dict]) -> None:
     first = rows[0]
     print(f"\n{first['device']}, torch {first['torch']}, commit {first['commit']}, amp "
           f"{first['amp']}, batch {first['batch']}")
-    print("| model | backend | images/s | step (ms) | vs reference | peak memory (MiB) |")
+    print("| model | backend | images/s (interquartile) | step (ms) | vs reference | peak memory (MiB) |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
         if r["status"] != "ok":
             print(f"| {r['model']} | {r['backend']} | {r['status']} | | | |")
             continue
         speedup = f"{r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] != "" else ""
-        print(f"| {r['model']} | {r['backend']} | {r['images_per_s']:.1f} | "
+        low, high = r["batch"] * 1e3 / r["step_ms_p75"], r["batch"] * 1e3 / r["step_ms_p25"]
+        print(f"| {r['model']} | {r['backend']} | {r['images_per_s']:.1f} ({low:.1f}-{high:.1f}) | "
               f"{r['step_ms_median']:.1f} | {speedup} | {r['peak_mem_mib']} |")
 
 
@@ -181,9 +187,17 @@ def plot(rows: list[dict], path: Path) -> None:
     width = 0.8 / len(backends)
     for ax, (key, label) in zip(axes[0], panels):
         for i, backend in enumerate(backends):
-            values = [next((r[key] for r in ok if r["model"] == m and r["backend"] == backend), 0.0)
-                      for m in models]
-            bars = ax.bar([m + i * width for m in range(len(models))], values, width, label=backend)
+            found = [next((r for r in ok if r["model"] == m and r["backend"] == backend), None)
+                     for m in models]
+            values = [r[key] if r else 0.0 for r in found]
+            spread = None
+            if key == "images_per_s":  # whiskers: images/s at the 75th and 25th percentile step
+                spread = [[max(v - r["batch"] * 1e3 / r["step_ms_p75"], 0.0) if r else 0.0
+                           for v, r in zip(values, found)],
+                          [max(r["batch"] * 1e3 / r["step_ms_p25"] - v, 0.0) if r else 0.0
+                           for v, r in zip(values, found)]]
+            bars = ax.bar([m + i * width for m in range(len(models))], values, width, label=backend,
+                          yerr=spread, capsize=2, error_kw={"linewidth": 0.7})
             ax.bar_label(bars, fmt="%.0f", fontsize=7)
         sizes = {r["model"]: r["img_size"] for r in ok}
         ax.set_xticks([m + 0.4 - width / 2 for m in range(len(models))],
@@ -203,32 +217,29 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         choices=["cpu", "cuda"])
-    parser.add_argument("--models", help=f"comma-separated (default: {','.join(GPU_MODELS)} on "
-                                         f"GPU, {CPU_MODEL} on CPU)")
+    parser.add_argument("--models", nargs="+", type=list_of(spectformer.list_models()),
+                        help=f"default: {' '.join(GPU_MODELS)} on GPU, {CPU_MODEL} on CPU")
     parser.add_argument("--batch-size", type=int, help="default 128 on GPU, 32 on CPU")
     parser.add_argument("--img-size", type=int, help="input resolution (default: each model's)")
     parser.add_argument("--amp", choices=list(AMP_DTYPES), help="default bf16 on GPU, none on CPU")
-    parser.add_argument("--backends", help="comma-separated (default: every available backend)")
+    parser.add_argument("--backends", nargs="+", type=list_of(),
+                        help="default: every available backend")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 10 GPU, 2 CPU)")
     parser.add_argument("--steps", type=int, help="timed steps (default 30 GPU, 5 CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each model")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for CSV and PNG")
-    parser.add_argument("--no-save", action="store_true", help="print only, write nothing")
-    parser.add_argument("--plot", action="store_true", help="also draw a PNG")
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     gpu = args.device == "cuda"
     if gpu and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
-    args.models = args.models.split(",") if args.models else list(GPU_MODELS if gpu else [CPU_MODEL])
-    unknown = [m for m in args.models if m not in spectformer.list_models()]
-    if unknown:
-        parser.error(f"--models: unknown {unknown}; registered: {', '.join(spectformer.list_models())}")
+    args.models = flatten(args.models) or list(GPU_MODELS if gpu else [CPU_MODEL])
     available = [b for b in sk.available_backends() if b != "auto"]
-    args.backends = args.backends.split(",") if args.backends else available
+    args.backends = flatten(args.backends) or available
     missing = [b for b in args.backends if b not in available]
     if missing:
         parser.error(f"--backends: {missing} cannot run here; available: {', '.join(available)}")

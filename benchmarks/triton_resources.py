@@ -31,9 +31,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.common import add_output_flags
 from benchmarks.shapes import SHAPES
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SMEM_LIMIT = 227 * 1024  # Hopper's largest shared memory per block (opt-in), bytes
 TARGET = "sm_90a"
 
@@ -166,7 +166,8 @@ def _table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.triton_resources",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES),
                         choices=("fp32", "bf16", "fp16"))
@@ -176,8 +177,7 @@ def main(argv=None) -> None:
                         help="every autotune config, not only those the pruner keeps")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per compile")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "triton_resources.csv")
-    parser.add_argument("--no-save", action="store_true")
+    add_output_flags(parser, plot=False)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one compile, JSON out
     args = parser.parse_args(argv)
 
@@ -231,12 +231,13 @@ def main(argv=None) -> None:
         row["fits_smem"] = "" if shared is None else ("yes" if shared <= SMEM_LIMIT else "NO")
     print(_table(rows))
     if not args.no_save:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as f:
+        path = args.out / "triton_resources.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-        print(f"# rows written to {args.out} ({KIND})")
+        print(f"# rows written to {path} ({KIND})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -35,25 +36,58 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_failure(path: Path, exc: BaseException) -> OSError:
+    """One line naming the file; torch's "[enforce fail at inline_container.cc ...]" on a
+    full disk says neither which file nor why."""
+    free = shutil.disk_usage(path.parent).free
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+    if free < 16 * 1024 * 1024:
+        reason = f"the disk is full ({free} bytes free)"
+    return OSError(getattr(exc, "errno", None), f"cannot write {str(path)!r}: {reason}")
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
     """Call ``write(binary_file)`` on a temporary file, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX,
+                                    dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); the result should be like any other file.
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         # Interrupted (exception, KeyboardInterrupt): drop the partial file, keep the old one.
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
+        if isinstance(exc, (OSError, RuntimeError)):
+            raise _write_failure(path, exc) from exc
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete ``.NAME.*.tmp`` files an earlier, killed process left in ``folder``; only one
+    run writes to a folder at a time, so none of them is still being written."""
+    stale = [p for p in Path(folder).glob(f".*{TEMPORARY_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -91,15 +125,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by ``spectformer.train``; raise ``CheckpointError`` if unusable."""
+    from .models.checkpoint import read_checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"--resume {str(path)!r}: no such file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated/garbage files
-        raise CheckpointError(
-            f"--resume {str(path)!r} is not a readable checkpoint (truncated or corrupt?): {exc}"
-        ) from exc
+        ckpt = read_checkpoint(path)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"--resume: {exc}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"--resume {str(path)!r} is not a training checkpoint of this program "

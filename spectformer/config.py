@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from . import checks
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 
@@ -52,6 +55,7 @@ class TrainConfig:
     channels_last: bool = False
     seed: int = 0
     workers: int = 4
+    dist_timeout: float = 10.0
     # Outputs and resumption.
     output: str = ""
     resume: Optional[str] = None
@@ -106,8 +110,12 @@ FLAG_HELP = {
     "channels_last": "channels-last memory format for images and convolutions",
     "seed": "random seed",
     "workers": "data loader worker processes per training process",
-    "output": "output folder (default: output/train/<model>-<date>-<time>)",
-    "resume": "checkpoint to continue from (e.g. OUTPUT/last.pt)",
+    "dist_timeout": "minutes a process waits for the others in a collective (torchrun) "
+                    "before failing",
+    "output": "output folder (default: output/train/<model>-<date>-<time>; when resuming, "
+              "the folder of the --resume file)",
+    "resume": "checkpoint to continue from (e.g. OUTPUT/last.pt); its settings are the "
+              "defaults",
     "stop_after": "stop after this many epochs in this run (for time-limited jobs); "
                   "the schedule still spans --epochs",
     "log_interval": "steps between progress-bar loss updates",
@@ -146,13 +154,31 @@ def _field_type(field: dataclasses.Field):
     return kind, annotation.startswith("Optional[")
 
 
+def _recipes_epilog() -> str:
+    lines = ["Small models carry their own recipe, used where neither a flag nor --config "
+             "sets the value:"]
+    for model, recipe in MODEL_RECIPES.items():
+        lines.append(f"  {model}: " + ", ".join(f"{_flag(k)} {v}" for k, v in recipe.items()))
+    return "\n".join(lines)
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """A parser whose defaults are all suppressed, so parsed values are exactly those given."""
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+    from .cli import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="python -m spectformer.train", description=description,
+        argument_default=argparse.SUPPRESS, epilog=_recipes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", help="YAML file of settings (flags override it)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
     for field in fields(TrainConfig):
         kind, optional = _field_type(field)
-        help_text = f"{FLAG_HELP[field.name]} [default: {field.default}]"
+        help_text = FLAG_HELP[field.name]
+        if "(default:" not in help_text:
+            help_text += f" (default: {field.default})"
         if kind is bool:
             # `--model-ema` alone turns it on; `--model-ema false` turns it off again.
             parser.add_argument(_flag(field.name), dest=field.name, nargs="?", const=True,
@@ -172,8 +198,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config {str(path)!r}: no such file")
-    with path.open() as f:
-        loaded = yaml.safe_load(f) or {}
+    try:
+        with path.open() as f:
+            loaded = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--config {str(path)!r} is not valid YAML: "
+                         f"{' '.join(str(exc).split())}") from exc
     if not isinstance(loaded, dict):
         raise ValueError(f"--config {str(path)!r}: expected a mapping of settings, "
                          f"got {type(loaded).__name__}")
@@ -228,35 +258,63 @@ def resolve(
     # The resume target and the per-run stop point never carry over from a checkpoint.
     merged["resume"] = given.get("resume")
     merged["stop_after"] = given.get("stop_after")
+    if merged["resume"] and "output" not in given:
+        # Continue beside the file resumed (a copied run stays a copy), not in the folder
+        # the checkpoint was first written to.
+        merged["output"] = str(Path(merged["resume"]).parent)
     cfg = TrainConfig(**merged)
     if not cfg.model:
-        raise ValueError("--model is required (see spectformer.list_models())")
+        raise checks.UsageError("--model is required (see spectformer.list_models())")
     if not cfg.data:
-        raise ValueError("--data is required: 'digits', 'synthetic' or an ImageFolder path")
+        raise checks.UsageError("--data is required: 'digits', 'synthetic' or an ImageFolder path")
     if not cfg.output:
         # A fresh folder per run, so starting again never collides with an earlier run.
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg.output = str(Path("output") / "train" / f"{cfg.model}-{stamp}")
-    for name in ("epochs", "batch_size", "log_interval"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{_flag(name)} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.stop_after is not None and cfg.stop_after < 1:
-        raise ValueError(f"--stop-after must be >= 1, got {cfg.stop_after}")
-    if cfg.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {cfg.workers}")
-    if not 0.0 <= cfg.label_smoothing < 1.0:
-        raise ValueError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.mixup < 0 or cfg.cutmix < 0:
-        raise ValueError(f"--mixup and --cutmix must be >= 0, got {cfg.mixup} and {cfg.cutmix}")
-    if not 0.0 <= cfg.model_ema_decay < 1.0:
-        raise ValueError(f"--model-ema-decay must be in [0, 1), got {cfg.model_ema_decay}")
+    check_settings(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     return cfg
+
+
+def check_settings(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Every value in range, before anything is built, scanned or written."""
+    number = checks.number
+    for name in ("epochs", "batch_size", "log_interval", "synthetic_train_size",
+                 "synthetic_val_size"):
+        number(name, getattr(cfg, name), low=1)
+    number("stop_after", cfg.stop_after, low=1, optional=True)
+    number("workers", cfg.workers, low=0)
+    number("num_classes", cfg.num_classes, low=1, optional=True)
+    number("img_size", cfg.img_size, low=1, optional=True)
+    number("drop_path", cfg.drop_path, low=0, high=1, high_open=True, optional=True)
+    number("crop_pct", cfg.crop_pct, low=0, high=1, low_open=True)
+    number("lr", cfg.lr, low=0, low_open=True, optional=True)
+    number("weight_decay", cfg.weight_decay, low=0)
+    number("warmup_epochs", cfg.warmup_epochs, low=0)
+    number("warmup_lr", cfg.warmup_lr, low=0)
+    number("min_lr", cfg.min_lr, low=0)
+    peak = cfg.base_lr_for(cfg.batch_size * world_size)
+    if cfg.min_lr > peak:
+        raise checks.UsageError(f"--min-lr {cfg.min_lr:g} is above the peak learning rate "
+                                f"{peak:g} (--lr, or 5e-4 x global batch / 512)")
+    number("clip_grad", cfg.clip_grad, low=0, optional=True)
+    number("label_smoothing", cfg.label_smoothing, low=0, high=1, high_open=True)
+    number("mixup", cfg.mixup, low=0)
+    number("cutmix", cfg.cutmix, low=0)
+    number("mixup_prob", cfg.mixup_prob, low=0, high=1)
+    number("mixup_switch_prob", cfg.mixup_switch_prob, low=0, high=1)
+    number("model_ema_decay", cfg.model_ema_decay, low=0, high=1, high_open=True)
+    number("dist_timeout", cfg.dist_timeout, low=0, low_open=True)
+    checks.model_name(cfg.model)
+    checks.data_source(cfg.data, cfg.num_classes)
+    checks.backend(cfg.backend, checks.default_device())
+    checks.writable_folder("output", cfg.output)
 
 
 def parse_train_args(argv: Optional[Sequence[str]] = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(explicit flag values, YAML values)`` from the command line."""
     parser = build_parser("Train a SpectFormer / GFNet model.")
     args = vars(parser.parse_args(argv))
+    args.pop("debug", None)  # read by cli.run
     config_path = args.pop("config", None)
     yaml_values = load_yaml(config_path) if config_path else {}
     return args, yaml_values

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from . import image_modes
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -169,6 +171,7 @@ class ImageFolderDataset(Dataset):
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
         found = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        discovering = classes is None
         if classes is None:
             classes = found
         else:
@@ -190,33 +193,50 @@ class ImageFolderDataset(Dataset):
         if not self.samples:
             raise ValueError(f"image folder {str(self.root)!r} holds no images "
                              f"(extensions {', '.join(IMAGE_EXTENSIONS)})")
+        if discovering:
+            # An empty folder would still count as a class: a head with a dead output.
+            filled = {label for _, label in self.samples}
+            empty = [str(self.root / name) for label, name in enumerate(classes) if label not in filled]
+            if empty:
+                raise ValueError(f"class folder {empty[0]!r} holds no images (extensions "
+                                 f"{', '.join(IMAGE_EXTENSIONS)})"
+                                 + (f"; {len(empty) - 1} more are empty" if len(empty) > 1 else ""))
         self.spec, self.train, self.crop_pct = spec, train, crop_pct
         self.unreadable: list[str] = []  # paths skipped by this process (workers keep their own)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _transform(self, image):
+    def _transform(self, images: list, divisor: float) -> torch.Tensor:
+        """The same crop, resize and flip applied to each image (or band), stacked to
+        ``(C, H, W)`` in [0, 1] and normalised."""
         from PIL import Image
 
         size = self.spec.img_size
         if self.train:
-            box = random_resized_crop_box(*image.size)
-            image = image.resize((size, size), Image.BICUBIC, box=box)
-            if torch.rand(()).item() < 0.5:
-                image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            box = random_resized_crop_box(*images[0].size)
+            flip = torch.rand(()).item() < 0.5
+
+            def geometry(image):
+                image = image.resize((size, size), Image.BICUBIC, box=box)
+                return image.transpose(Image.FLIP_LEFT_RIGHT) if flip else image
         else:
             short = int(math.floor(size / self.crop_pct))
-            width, height = image.size
+            width, height = images[0].size
             scale = short / min(width, height)
-            image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))),
-                                 Image.BICUBIC)
-            left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
-            image = image.crop((left, top, left + size, top + size))
-        array = np.asarray(image, dtype=np.uint8)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+            resized = (max(size, round(width * scale)), max(size, round(height * scale)))
+            left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
+
+            def geometry(image):
+                image = image.resize(resized, Image.BICUBIC)
+                return image.crop((left, top, left + size, top + size))
+        arrays = []
+        for image in images:
+            array = np.asarray(geometry(image), dtype=np.float32)
+            arrays.append(array[:, :, None] if array.ndim == 2 else array)
+        # Bicubic overshoots on float bands; 8-bit ones are already clipped by Pillow.
+        array = np.clip(np.concatenate(arrays, axis=2) / divisor, 0.0, 1.0)
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
         return self.spec.normalise(tensor)
 
     def __getitem__(self, index: int):
@@ -225,12 +245,12 @@ class ImageFolderDataset(Dataset):
         path, label = self.samples[index]
         try:
             with Image.open(path) as image:
-                image = image.convert("L" if self.spec.in_chans == 1 else "RGB")
+                images, divisor = image_modes.prepare(image, self.spec.in_chans)
         except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
             self.unreadable.append(str(path))
             log.warning("skipping unreadable image %s: %s", path, exc)
             return None
-        tensor = self._transform(image)
+        tensor = self._transform(images, divisor)
         if tensor.shape[0] != self.spec.in_chans:
             tensor = tensor.expand(self.spec.in_chans, -1, -1).contiguous()
         return tensor, label

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import datetime
 import hashlib
 import io
 import json
@@ -42,7 +43,7 @@ from .augment import MixupCutmix, soft_target_cross_entropy
 from .checkpointing import (
     CHECKPOINT_FORMAT, CheckpointError, atomic_save, atomic_write, atomic_write_text,
     capture_rng_state, check_resume_compatible, load_state_strict, load_training_checkpoint,
-    restore_rng_state,
+    remove_stale_temporaries, restore_rng_state,
 )
 from .config import TrainConfig
 from .data import ShardSampler, build_datasets, collate_skip_unreadable, image_spec
@@ -73,8 +74,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup_distributed() -> DistInfo:
-    """Read torchrun's environment; one process per GPU (NCCL) or per CPU worker (gloo)."""
+def setup_distributed(timeout_minutes: float = 10.0) -> DistInfo:
+    """Read torchrun's environment; one process per GPU (NCCL) or per CPU worker (gloo).
+
+    ``timeout_minutes`` bounds every collective: a rank that froze or died makes the others
+    fail after that long instead of torch's default half hour.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -84,7 +89,8 @@ def setup_distributed() -> DistInfo:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return DistInfo(rank, world_size, local_rank, device)
 
 
@@ -260,6 +266,7 @@ class EpochProgress:
     loss_sum: float = 0.0   # sum over images of this rank's training loss
     images: int = 0         # images this rank trained on
     seconds: float = 0.0    # training wall time
+    skipped_batches: int = 0  # batches of nothing but unreadable images
 
 
 class Trainer:
@@ -364,12 +371,17 @@ class Trainer:
         }
 
     def save(self, names: Sequence[str]) -> None:
-        """Write the full training state; every rank must call it (RNG states are gathered)."""
+        """Write the full training state; every rank must call it (RNG states are gathered,
+        and the epoch's partial loss and image count are summed over ranks)."""
         rng = gather_objects(capture_rng_state(), self.info)
+        totals = all_reduce_sum([self.progress.loss_sum, self.progress.images,
+                                 self.progress.skipped_batches], self.info)
         if not self.info.is_main:
             return
         state = self._state()
         state["rng"] = rng
+        state["progress"].update(loss_sum=totals[0], images=int(totals[1]),
+                                 skipped_batches=int(totals[2]))
         for name in names:
             atomic_save(state, self.out / name)
 
@@ -390,6 +402,10 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.progress = EpochProgress(**ckpt["progress"])
+        if not self.info.is_main:
+            # The saved sums are over all ranks; rank 0 carries them, so the epoch's
+            # all-reduce counts them once, whatever the world size now.
+            self.progress.loss_sum, self.progress.images, self.progress.skipped_batches = 0.0, 0, 0
         self.rows = list(ckpt["rows"])
         self.best_top1 = ckpt["best_top1"]
         rng = ckpt.get("rng") or []
@@ -434,11 +450,16 @@ class Trainer:
                         completed = False
                         break
                     raise
-                if batch is None:
-                    raise RuntimeError(
-                        f"every image of a training batch was unreadable (epoch {self.epoch + 1}, "
-                        f"batch {progress.batches_done + 1}); see the warnings above"
-                    )
+                if batch is None:  # every image unreadable (each reported with its path)
+                    progress.skipped_batches += 1
+                    if info.enabled:
+                        # The other ranks wait for this one's gradients: join in with one
+                        # blank image whose loss counts zero.
+                        self._train_step(*self._to_device(*self._blank_batch()), loss_weight=0.0)
+                    progress.batches_done += 1
+                    self.step += 1
+                    bar.update(1)
+                    continue
                 images, target = self._to_device(*batch)
                 loss = self._train_step(images, target)
                 loss_sum += loss.detach().double() * images.shape[0]
@@ -465,7 +486,13 @@ class Trainer:
             progress.seconds = time.perf_counter() - start
         return completed
 
-    def _train_step(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _blank_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.cfg.img_size
+        in_chans = self.model.default_cfg["input_size"][0]
+        return torch.zeros(1, in_chans, size, size), torch.zeros(1, dtype=torch.long)
+
+    def _train_step(self, images: torch.Tensor, target: torch.Tensor,
+                    loss_weight: float = 1.0) -> torch.Tensor:
         cfg = self.cfg
         self.schedule.apply(self.step)
         images, soft_target = self.mixer(images, target)
@@ -473,7 +500,7 @@ class Trainer:
             logits = self.forward_model(images)
         loss = soft_target_cross_entropy(logits, soft_target)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
         if cfg.clip_grad:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
@@ -489,7 +516,11 @@ class Trainer:
                         show_progress=self.info.is_main, desc=desc)
 
     def finish_epoch(self, val: dict, ema_val: Optional[dict], epoch_seconds: float) -> dict:
-        totals = all_reduce_sum([self.progress.loss_sum, self.progress.images], self.info)
+        totals = all_reduce_sum([self.progress.loss_sum, self.progress.images,
+                                 self.progress.skipped_batches], self.info)
+        if totals[2] and self.info.is_main:
+            tqdm.write(f"warning: epoch {self.epoch + 1}: {int(totals[2])} training batch(es) "
+                       "held only unreadable images and were skipped (paths reported above)")
         row = {
             "epoch": self.epoch + 1,
             "train_loss": totals[0] / max(totals[1], 1),
@@ -541,6 +572,11 @@ class Trainer:
                   f"with --resume {self.out / 'last.pt'}", file=sys.stderr)
             if self.rows:
                 plot_curves(self.rows, self.out / "curves.png", self.cfg.model)
+        # torchrun reports any non-zero status as a failed child, with a traceback, so a
+        # planned stop under it is a success; alone, the shell's 128 + signal convention
+        # keeps `train && next-step` from going on.
+        if os.environ.get("TORCHELASTIC_RUN_ID"):
+            return 0
         return 128 + (stop.signum or signal.SIGTERM)
 
     def _write_final(self) -> None:
@@ -580,14 +616,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_output(cfg: TrainConfig, resuming: bool) -> None:
+def check_output(cfg: TrainConfig, resume_folder: Optional[Path]) -> None:
+    """Refuse to start over an earlier run; writes nothing."""
     out = Path(cfg.output)
-    if not resuming and any((out / name).exists() for name in ("last.pt", "summary.csv")):
-        raise FileExistsError(
-            f"--output {str(out)!r} already holds a run; continue it with --resume "
-            f"{str(out / 'last.pt')!r} or choose another --output"
-        )
+    holds_run = any((out / name).exists() for name in ("last.pt", "summary.csv"))
+    if holds_run and (resume_folder is None or out.resolve() != resume_folder.resolve()):
+        continuing = "" if resume_folder else f"continue it with --resume {str(out / 'last.pt')!r} or "
+        raise FileExistsError(f"--output {str(out)!r} already holds a run; {continuing}"
+                              "choose another --output")
+
+
+def create_output(out: Path) -> list[Path]:
+    """Make ``out`` (and missing parents); returns the folders created, outermost first."""
+    created = [p for p in reversed([out, *out.parents]) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    return created
+
+
+def remove_failed_output(out: Path, created: list[Path]) -> None:
+    """A run that failed before its first checkpoint leaves nothing behind."""
+    if (out / "last.pt").exists():
+        return
+    (out / "config.yaml").unlink(missing_ok=True)
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: something else lives there
+            break
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -595,21 +651,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     resume = explicit.get("resume", yaml_values.get("resume"))
     checkpoint = load_training_checkpoint(resume) if resume else None
     cfg = config_lib.resolve(explicit, yaml_values, checkpoint["config"] if checkpoint else None)
-    info = setup_distributed()
+    check_output(cfg, Path(resume).parent if resume else None)
+    info = setup_distributed(cfg.dist_timeout)
+    created: Optional[list[Path]] = None
     try:
-        if info.is_main:
-            prepare_output(cfg, resuming=checkpoint is not None)
+        # Model and data first: a mistake found while building them leaves no files.
         trainer = Trainer(cfg, info, checkpoint)
         del checkpoint  # its tensors now live in the model and optimizer
         if info.is_main:
+            created = create_output(Path(cfg.output))
             config_lib.save_yaml(cfg, Path(cfg.output) / "config.yaml")
             print(f"training {cfg.model} on {cfg.data} ({device_name(info.device)}, "
                   f"{info.world_size} process(es), amp {cfg.amp}) -> {cfg.output}")
         return trainer.run()
+    except BaseException:
+        if created is not None:
+            remove_failed_output(Path(cfg.output), created)
+        raise
     finally:
         if info.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run
+
+    sys.exit(run(main, "spectformer.train"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -74,26 +73,36 @@ def evaluate(
             "images": int(count)}
 
 
-def load_weights(model: nn.Module, path: str, use_ema: bool) -> str:
-    """Load ``path`` into ``model``; returns a description of what was loaded."""
-    from .checkpointing import CHECKPOINT_FORMAT, load_state_strict
+def training_settings(raw) -> dict:
+    """The configuration a ``spectformer.train`` checkpoint records (empty for others)."""
+    from .checkpointing import CHECKPOINT_FORMAT
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--checkpoint {path!r}: no such file")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
-        if use_ema:
-            if raw.get("ema") is None:
-                raise ValueError(f"--checkpoint {path!r} holds no EMA weights (trained without --model-ema)")
-            load_state_strict(model, raw["ema"], "the EMA state", path)
-        else:
-            load_state_strict(model, raw["model"], "the model state", path)
-        return f"{'EMA' if use_ema else 'model'} weights after epoch {raw['epoch']}"
-    if use_ema:
-        raise ValueError(f"--ema needs a training checkpoint of spectformer.train; {path!r} is not one")
+        return dict(raw.get("config") or {})
+    return {}
+
+
+def load_weights(model: nn.Module, raw, path: str, use_ema: bool, model_name: str = "") -> str:
+    """Load an already read checkpoint into ``model`` through ``load_checkpoint`` (the one
+    loading path: containers unwrapped, grids resized); returns what was loaded."""
     import spectformer
 
-    spectformer.load_checkpoint(model, path)
+    from .checkpointing import CHECKPOINT_FORMAT
+
+    is_training = isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT
+    if use_ema and not is_training:
+        raise ValueError(f"--ema needs a training checkpoint of spectformer.train; {path!r} is not one")
+    if use_ema and raw.get("ema") is None:
+        raise ValueError(f"--checkpoint {path!r} holds no EMA weights (trained without --model-ema)")
+    state = raw["ema" if use_ema else "model"] if is_training else raw
+    try:
+        spectformer.load_checkpoint(model, state)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--checkpoint {path!r} does not fit --model "
+                         f"{model_name or type(model).__name__} as built here: "
+                         f"{' '.join(str(exc).split())}") from exc
+    if is_training:
+        return f"{'EMA' if use_ema else 'model'} weights after epoch {raw['epoch']}"
     return "state dict"
 
 
@@ -108,24 +117,52 @@ def model_overrides(data: str, num_classes=None, img_size=None, backend=None,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate a SpectFormer / GFNet model.")
-    parser.add_argument("--model", required=True, help="registered model name")
+    from .cli import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="python -m spectformer.validate",
+        description="Evaluate a SpectFormer / GFNet model. With a training checkpoint of "
+                    "spectformer.train, --model, --data, --img-size and --num-classes default "
+                    "to the ones it was trained with.")
+    parser.add_argument("--model", help="registered model name")
     parser.add_argument("--checkpoint", help="weights to evaluate (default: the random initialisation)")
-    parser.add_argument("--data", required=True, help="'digits', 'synthetic' or an ImageFolder root")
+    parser.add_argument("--data", help="'digits', 'synthetic' or an ImageFolder root")
     parser.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights")
     parser.add_argument("--backend", help="spectral gating backend (default: auto)")
     parser.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
     parser.add_argument("--num-classes", type=int, help="classifier size (default: the data's)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256, help="images per batch (default: 256)")
     parser.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="auto",
-                        help="autocast dtype (auto: bf16 on CUDA, none on CPU)")
+                        help="autocast dtype (default: auto, bf16 on CUDA and none on CPU)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--crop-pct", type=float, default=0.875,
-                        help="evaluation centre-crop fraction for ImageFolder data")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0, help="seed of --data synthetic")
+                        help="evaluation centre-crop fraction for ImageFolder data (default: 0.875)")
+    parser.add_argument("--workers", type=int, default=4, help="data loader processes (default: 4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --data synthetic (default: 0)")
     parser.add_argument("--output", help="also write the results to this JSON file")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
     return parser
+
+
+def check_args(args: argparse.Namespace, device: torch.device) -> None:
+    """Every flag, before the data is scanned or a file written."""
+    from . import checks
+
+    for name in ("model", "data"):
+        if not getattr(args, name):
+            raise checks.UsageError(f"--{name} is required (unless --checkpoint is a training "
+                                    "checkpoint that records it)")
+    checks.model_name(args.model)
+    checks.number("batch_size", args.batch_size, low=1)
+    checks.number("workers", args.workers, low=0)
+    checks.number("num_classes", args.num_classes, low=1, optional=True)
+    checks.number("img_size", args.img_size, low=1, optional=True)
+    checks.number("crop_pct", args.crop_pct, low=0, high=1, low_open=True)
+    checks.data_source(args.data, args.num_classes)
+    checks.backend(args.backend, device)
+    if args.output:
+        checks.writable_file("output", args.output)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -133,13 +170,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .checkpointing import atomic_write_text
     from .data import build_datasets, collate_skip_unreadable, image_spec
+    from .models.checkpoint import read_checkpoint
 
     args = build_parser().parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    raw = None
+    if args.checkpoint:
+        try:
+            raw = read_checkpoint(args.checkpoint)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--checkpoint: {exc}") from exc
+        # What the checkpoint was trained as fills in whatever the flags leave open.
+        trained = training_settings(raw)
+        for name in ("model", "data", "img_size", "num_classes"):
+            if getattr(args, name) is None and trained.get(name) is not None:
+                setattr(args, name, trained[name])
+    check_args(args, device)
     amp = ("bf16" if device.type == "cuda" else "none") if args.amp == "auto" else args.amp
     overrides = model_overrides(args.data, args.num_classes, args.img_size, args.backend)
     model = spectformer.create_model(args.model, **overrides)
-    loaded = load_weights(model, args.checkpoint, args.ema) if args.checkpoint else "random initialisation"
+    loaded = ("random initialisation" if raw is None
+              else load_weights(model, raw, args.checkpoint, args.ema, args.model))
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     spec = image_spec(model.default_cfg, args.img_size)
@@ -159,4 +210,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run
+
+    sys.exit(run(main, "spectformer.validate"))

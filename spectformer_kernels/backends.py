@@ -63,12 +63,18 @@ def available_backends() -> list[str]:
 
 def requested_backend(backend: Optional[str]) -> str:
     """The argument if given, else ``$SPECTFORMER_BACKEND``, else ``"auto"``."""
+    from_env = backend is None
     if backend is None:
         backend = os.environ.get(ENV_VAR, "").strip() or "auto"
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str or None, got {type(backend).__name__}")
     if backend != "auto":
-        get_backend(backend)  # unknown names fail here, listing the valid ones
+        try:
+            get_backend(backend)  # unknown names fail here, listing the valid ones
+        except ValueError as exc:
+            if from_env:  # say where the name came from
+                raise ValueError(f"${ENV_VAR}: {exc}") from None
+            raise
     return backend
 
 

@@ -1,4 +1,4 @@
-"""The real DFT matrices every matmul-based backend is built from (DESIGN section 1).
+"""The real DFT matrices every matmul-based backend is built from.
 
 The spectral gate is a fixed real-linear map per channel, so the two transforms can be
 written as real matrix products. Matrices are built in float64 (angles reduced with

@@ -38,6 +38,13 @@ def check_spectral_gate_inputs(x, weight) -> None:
     if h < 1 or w < 1 or c < 1:
         raise ValueError(f"x must have H, W, C >= 1, got shape {tuple(x.shape)}")
     expected = expected_weight_shape(h, w, c)
+    if tuple(weight.shape) != expected and tuple(weight.shape) == expected_weight_shape(
+            x.shape[2], x.shape[3], x.shape[1]):
+        # The weight fits x read as (B, C, H, W): the input's layout is wrong, not the weight.
+        raise ValueError(
+            f"x of shape {tuple(x.shape)} looks channels-first (B, C, H, W); the op takes a "
+            "channels-last grid (B, H, W, C): pass x.permute(0, 2, 3, 1)"
+        )
     if tuple(weight.shape) != expected:
         raise ValueError(
             f"weight must have shape (H, W//2+1, C, 2) = {expected} for x of shape "

@@ -6,7 +6,7 @@ import secrets
 
 import torch
 
-# DESIGN section 4: relative error against the float64 oracle.
+# Relative error against the float64 oracle (README, "Backends").
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float64: 1e-12}
 
 

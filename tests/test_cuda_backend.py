@@ -242,7 +242,7 @@ AWKWARD_SHAPES = [
     (1, 64, 64, 5),
     (1, 65, 33, 3),
 ]
-# Model shapes (DESIGN section 5) at batch 8; one full batch-128 case is marked slow.
+# Model shapes (benchmarks/shapes.py) at batch 8; one full batch-128 case is marked slow.
 MODEL_SHAPES = [
     (8, 14, 14, 384),
     (8, 7, 7, 768),

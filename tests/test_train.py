@@ -369,14 +369,28 @@ def test_shard_sampler_covers_every_index_and_skips_on_resume():
 # -------------------------------------------------------------------------- torchrun
 
 
-def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path):
-    out = tmp_path / "ddp"
+def torchrun(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "spectformer.train", *digits_args(out, "--epochs", "1", "--batch-size", "32")]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+           *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+
+
+DDP_ARGS = ("--epochs", "1", "--batch-size", "32")
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """One epoch on two CPU processes, uninterrupted."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    done = torchrun(out.parent, "-m", "spectformer.train", *digits_args(out, *DDP_ARGS))
     assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
+def test_torchrun_two_cpu_processes_end_with_identical_weights(ddp_run):
+    out = ddp_run
     run = json.loads((out / "run.json").read_text())
     assert run["world_size"] == 2
     fingerprints = run["weights_sha256_per_rank"]
@@ -385,6 +399,35 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path):
     assert len(rows) == 1 and float(rows[0]["val_top1"]) > 10.0
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["batch_size"] == 32
+
+
+def test_collectives_time_out_after_dist_timeout(monkeypatch):
+    import datetime
+
+    seen = {}
+    monkeypatch.setattr(train.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(train.dist, "init_process_group",
+                        lambda backend, timeout: seen.update(backend=backend, timeout=timeout))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    train.setup_distributed(timeout_minutes=2.5)
+    assert seen["timeout"] == datetime.timedelta(minutes=2.5)
+
+
+def test_torchrun_stop_mid_epoch_exits_cleanly_and_resumes_every_ranks_loss(ddp_run, tmp_path):
+    out = tmp_path / "run"
+    # SIGTERM on rank 0 after step 5: the ranks agree at the next log interval (step 10),
+    # save, and torchrun sees a clean exit rather than a failed child.
+    stopped = torchrun(tmp_path, str(REPO_ROOT / "tests" / "ddp_signal_driver.py"), "5",
+                       *digits_args(out, *DDP_ARGS))
+    assert stopped.returncode == 0, stopped.stderr[-4000:]
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["progress"]["batches_done"]) == (0, 10)
+    resumed = torchrun(tmp_path, "-m", "spectformer.train", "--resume", str(out / "last.pt"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    expected, got = read_summary(ddp_run / "summary.csv")[0], read_summary(out / "summary.csv")[0]
+    # Both ranks' losses of the steps before the stop count, as in the uninterrupted run.
+    assert float(got["train_loss"]) == pytest.approx(float(expected["train_loss"]), rel=1e-9)
+    assert got["val_top1"] == expected["val_top1"]
 
 
 # ------------------------------------------------------------------------- benchmark

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Union
 
 import torch
@@ -36,13 +37,18 @@ def unwrap_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, new_grid) -> torch.Tensor:
-    """``(1, h*w, D)`` learned positions on a square grid -> ``(1, h'*w', D)``, bicubic."""
+def resize_pos_embed(pos_embed: torch.Tensor, new_grid, old_grid=None) -> torch.Tensor:
+    """``(1, h*w, D)`` learned positions on an ``old_grid`` (default: square) ->
+    ``(1, h'*w', D)``, bicubic."""
     _, n, dim = pos_embed.shape
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"pos_embed with {n} positions is not a square grid; cannot resize it")
-    grid = pos_embed.reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
+    if old_grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"pos_embed with {n} positions is not a square grid; cannot resize it")
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != n:
+        raise ValueError(f"pos_embed with {n} positions does not fill a {old_grid[0]}x{old_grid[1]} grid")
+    grid = pos_embed.reshape(1, *old_grid, dim).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
     return grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
 
@@ -66,24 +72,73 @@ def _token_grid(model: nn.Module, num_tokens: int) -> tuple[int, int]:
     return side, side
 
 
+def _checkpoint_grid(state: Mapping[str, torch.Tensor], num_tokens: int,
+                     target_grid: tuple[int, int]) -> tuple[int, int]:
+    """The token grid a checkpoint's ``pos_embed`` of ``num_tokens`` positions was trained on.
+
+    The token count alone cannot tell 8x12 from 12x8, so the spectral filters decide: a
+    ``complex_weight`` of shape ``(h, W//2+1, C, 2)`` on the same grid fixes ``h`` and hence
+    ``W``. Without filters, a square count on a square model is taken as square; anything
+    else is ambiguous and an error rather than a silently scrambled embedding.
+    """
+    grids = set()
+    for key, value in state.items():
+        if key.split(".")[-1] == "complex_weight" and value.dim() == 4:
+            h, half_w = value.shape[0], value.shape[1]
+            if num_tokens % h == 0 and (num_tokens // h) // 2 + 1 == half_w:
+                grids.add((h, num_tokens // h))
+    if len(grids) == 1:
+        return grids.pop()
+    side = math.isqrt(num_tokens)
+    if not grids and side * side == num_tokens and target_grid[0] == target_grid[1]:
+        return side, side
+    found = ", ".join(f"{h}x{w}" for h, w in sorted(grids)) or "no spectral filter to tell"
+    raise ValueError(
+        f"cannot tell the token grid of the checkpoint's pos_embed ({num_tokens} positions; "
+        f"{found}) for a {target_grid[0]}x{target_grid[1]} model; resize it before loading"
+    )
+
+
 def adapt_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Resize ``pos_embed`` and ``complex_weight`` tensors to ``model``'s token grids.
 
-    Only tensors whose width matches and whose grid differs are resized; anything else is
-    passed through for ``load_state_dict`` to accept or reject.
+    ``pos_embed`` is resized whenever its grid differs, even at an equal token count (an
+    8x12 grid into a 12x8 model); ``complex_weight`` when its shape differs. Anything else
+    is passed through for ``load_state_dict`` to accept or reject.
     """
     targets = model.state_dict()
     adapted = {}
     for key, value in state.items():
         target = targets.get(key)
-        if target is not None and value.shape != target.shape:
-            if key.split(".")[-1] == "pos_embed" and value.dim() == 3 and value.shape[-1] == target.shape[-1]:
-                value = resize_pos_embed(value, _token_grid(model, target.shape[1]))
-            elif (key.split(".")[-1] == "complex_weight" and value.dim() == 4
-                  and value.shape[2:] == target.shape[2:]):
-                value = resize_complex_weight(value, target.shape[:2])
+        if (target is not None and key.split(".")[-1] == "pos_embed" and value.dim() == 3
+                and target.dim() == 3 and value.shape[-1] == target.shape[-1]):
+            new_grid = _token_grid(model, target.shape[1])
+            old_grid = _checkpoint_grid(state, value.shape[1], new_grid)
+            if old_grid != new_grid:
+                value = resize_pos_embed(value, new_grid, old_grid)
+        elif (target is not None and value.shape != target.shape
+              and key.split(".")[-1] == "complex_weight" and value.dim() == 4
+              and value.shape[2:] == target.shape[2:]):
+            value = resize_complex_weight(value, target.shape[:2])
         adapted[key] = value
     return adapted
+
+
+def read_checkpoint(path: Union[str, os.PathLike], weights_only: bool = True):
+    """``torch.load`` onto the CPU, allowing the argparse namespace official checkpoints
+    store; a missing, empty or unreadable file is an error naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # truncated, text, another format: torch raises many types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint {str(path)!r} is not a readable PyTorch checkpoint "
+                         f"(truncated or corrupt?): {reason}") from exc
 
 
 def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike, Mapping],
@@ -98,8 +153,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
     result (missing and unexpected keys).
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path_or_state_dict, map_location="cpu", weights_only=weights_only)
+        checkpoint = read_checkpoint(path_or_state_dict, weights_only=weights_only)
     elif isinstance(path_or_state_dict, Mapping):
         checkpoint = path_or_state_dict
     else:
