@@ -22,6 +22,10 @@ AWKWARD_SHAPES = [
     (1, 28, 28, 17),
     (1, 56, 56, 9),
     (1, 12, 16, 10),
+    (2, 1, 13, 4),  # 1xN and Nx1, prime N
+    (2, 13, 1, 4),
+    (1, 48, 7, 5),  # factored H axes (dft): 48 = 8*6, 96 = 8*12, with odd W
+    (1, 96, 3, 2),
 ]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
