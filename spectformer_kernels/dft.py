@@ -45,6 +45,12 @@ from torch.utils._python_dispatch import _disable_current_modes
 # GEMMs), so W always uses the dense matrix.
 H_FACTORS = {28: (4, 7), 56: (8, 7), 48: (8, 6), 96: (8, 12)}
 
+# On the CPU the batch is processed in chunks of about this many spectrum bytes, so that a
+# chunk stays in cache from the first transform to the last (CPU measurements, 1 thread,
+# batch 16: 10-20% less time than whole-batch passes at 28x28 and 56x56, even at 7x7 and
+# 14x14; 256 KB to 2 MB chunks within noise of each other).
+CPU_CHUNK_BYTES = 2 << 20
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp64 stays fp64 (gradcheck); every other input is computed in fp32."""
@@ -152,12 +158,27 @@ def _along_h(spec: torch.Tensor, mats: tuple[torch.Tensor, ...], factors, invers
     return torch.matmul(mats[1], t.view(b, n1, n2 * cols)).view(b, h, cols)
 
 
-def _inverse(spec: torch.Tensor, m: _Matrices, w: int, c: int) -> torch.Tensor:
-    """Ortho ``irfft2`` (CPU semantics) of complex ``(B, H, C*Wk)`` -> ``(B, H, W, C)``."""
-    b, h, _ = spec.shape
+def _inverse(spec: torch.Tensor, m: _Matrices, out: torch.Tensor) -> torch.Tensor:
+    """Ortho ``irfft2`` (CPU semantics) of complex ``(B, H, C*Wk)`` into ``out (B, H, W, C)``
+    (converted to ``out``'s dtype)."""
+    b, h, w, c = out.shape
     along_h = torch.view_as_real(_along_h(spec, m.h_inverse, m.h_factors, inverse=True))
     cols = along_h.view(b * h, c, -1).transpose(1, 2)  # (BH, 2Wk, C) view
-    return torch.matmul(m.w_inverse, cols).view(b, h, w, c)
+    if out.dtype == m.w_inverse.dtype:
+        return torch.matmul(m.w_inverse, cols, out=out.view(b * h, w, c)).view(b, h, w, c)
+    return out.copy_(torch.matmul(m.w_inverse, cols).view(b, h, w, c))
+
+
+def _image_chunks(x: torch.Tensor, chunked: bool) -> list[slice]:
+    """Slices of the batch processed one after another on the CPU, so that each chunk's
+    spectrum stays in cache through all the stages; one slice elsewhere (and when the
+    caller traces the op for export)."""
+    b, h, w, c = x.shape
+    if not chunked or x.device.type != "cpu" or b <= 1:
+        return [slice(0, b)]
+    spectrum_bytes = h * c * (w // 2 + 1) * 2 * 8  # per image, complex64 plus headroom
+    step = max(1, CPU_CHUNK_BYTES // spectrum_bytes)
+    return [slice(i, min(i + step, b)) for i in range(0, b, step)]
 
 
 def _filter_layout(weight: torch.Tensor, m: _Matrices, dtype: torch.dtype) -> torch.Tensor:
@@ -176,13 +197,16 @@ def _filter_gradient(grad: torch.Tensor, m: _Matrices, wk: int, c: int) -> torch
     return natural
 
 
-def spectral_gate_dft(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def spectral_gate_dft(x: torch.Tensor, weight: torch.Tensor, *, chunked: bool = True) -> torch.Tensor:
     _, h, w, c = x.shape
     dtype = compute_dtype(x.dtype)
     m = _matrices(h, w, dtype, x.device)
-    spec = _spectrum(x.to(dtype), m)
-    spec.mul_(_filter_layout(weight, m, dtype))
-    return _inverse(spec, m, w, c).to(x.dtype)
+    k = _filter_layout(weight, m, dtype)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    for images in _image_chunks(x, chunked):
+        spec = _spectrum(x[images].to(dtype), m)
+        _inverse(spec.mul_(k), m, out=y[images])
+    return y
 
 
 def spectral_gate_dft_backward(
@@ -193,12 +217,17 @@ def spectral_gate_dft_backward(
     wk = w // 2 + 1
     dtype = compute_dtype(x.dtype)
     m = _matrices(h, w, dtype, x.device)
-    d_spec = _spectrum(grad_out.to(dtype), m)  # the spectrum of dy; D = c * d_spec
-    spec = _spectrum(x.to(dtype), m)
-    # dK = sum_b conj(X) * c * D, in X's buffer. conj_physical_, not conj() or
-    # linalg.vecdot: their lazy conjugate bit is lost inside an AOTAutograd graph.
-    grad_k = spec.conj_physical_().mul_(d_spec).sum(0).view(h, c, wk).mul_(m.c_weights)
-    grad_weight = _filter_gradient(grad_k, m, wk, c).to(weight.dtype)
-    # dx = the forward map with conj(K): the inverse of D * conj(K) / c = d_spec * conj(K).
-    d_spec.mul_(_filter_layout(weight, m, dtype).conj_physical())
-    return _inverse(d_spec, m, w, c).to(x.dtype), grad_weight
+    k_conj = _filter_layout(weight, m, dtype).conj_physical()
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    grad_k = None
+    for images in _image_chunks(x, True):
+        d_spec = _spectrum(grad_out[images].to(dtype), m)  # the spectrum of dy: D = c * d_spec
+        spec = _spectrum(x[images].to(dtype), m)
+        # sum_b conj(X) * d_spec, in X's buffer; conj_physical_, not conj() or linalg.vecdot:
+        # their lazy conjugate bit is lost inside an AOTAutograd graph.
+        partial = spec.conj_physical_().mul_(d_spec).sum(0)
+        grad_k = partial if grad_k is None else grad_k.add_(partial)  # chunks in order
+        # dx = the forward map with conj(K): the inverse of D * conj(K) / c = d_spec * conj(K).
+        _inverse(d_spec.mul_(k_conj), m, out=grad_x[images])
+    grad_k = grad_k.view(h, c, wk).mul_(m.c_weights)  # dK = sum_b conj(X) * c * d_spec
+    return grad_x, _filter_gradient(grad_k, m, wk, c).to(weight.dtype)

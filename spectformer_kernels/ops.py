@@ -349,5 +349,5 @@ def spectral_gate(
     if torch.onnx.is_in_onnx_export():
         # ONNX has no custom-op kernel to call: export the matmul form, which every
         # runtime executes (and which computes the same function).
-        return spectral_gate_dft(x, weight)
+        return spectral_gate_dft(x, weight, chunked=False)
     return _gate(x, weight, name)

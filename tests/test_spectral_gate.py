@@ -112,3 +112,13 @@ def test_backends_agree_on_non_hermitian_dc_and_nyquist_columns():
     assert want.norm() > 0.1
     for backend in PORTABLE:
         assert rel_err(spectral_gate(x, weight, backend=backend), want) < 1e-6
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 5 * 6 * 2 * 8 * 2])
+def test_dft_batch_chunks_match_the_oracle(monkeypatch, chunk_bytes):
+    """The CPU path runs the batch in cache-sized chunks: one image, or two, at a time."""
+    from spectformer_kernels import dft
+
+    monkeypatch.setattr(dft, "CPU_CHUNK_BYTES", chunk_bytes)
+    check_against_oracle((5, 5, 10, 3), torch.float32, "dft", fresh_seed())
+    check_against_oracle((3, 28, 9, 2), torch.bfloat16, "dft", fresh_seed())
