@@ -11,6 +11,7 @@ FLOPs in GFNet's convention; ``model.set_backend(name)`` switches the spectral k
 """
 
 from .models import (
+    GFNetH,
     SPECTRAL_LAYERS,
     SpectFormer,
     SpectFormerH,
@@ -22,6 +23,7 @@ from .models import (
 )
 
 __all__ = [
+    "GFNetH",
     "SPECTRAL_LAYERS",
     "SpectFormer",
     "SpectFormerH",
