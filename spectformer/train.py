@@ -46,6 +46,8 @@ from .checkpointing import (
 )
 from .config import TrainConfig
 from .data import ShardSampler, build_datasets, collate_skip_unreadable, image_spec
+from .randaugment import RandAugment
+from .random_erasing import RandomErasing
 from .validate import amp_dtype_for, evaluate, model_overrides
 
 SUMMARY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr",
@@ -286,8 +288,14 @@ class Trainer:
                                     config_lib.MUST_MATCH_ON_RESUME, cfg.resume)
         seed_everything(cfg.seed + info.rank)
 
+        # RandAugment acts on training images in [0, 1] inside the data sets; random erasing
+        # on the normalised batch, before mixup.
+        train_augment = RandAugment(cfg.aa, fill=spec.mean) if cfg.aa else None
+        self.random_erasing = (RandomErasing(cfg.reprob, cfg.remode, cfg.recount)
+                               if cfg.reprob > 0 else None)
         datasets = build_datasets(cfg.data, spec, cfg.num_classes, cfg.seed,
-                                  cfg.synthetic_train_size, cfg.synthetic_val_size, cfg.crop_pct)
+                                  cfg.synthetic_train_size, cfg.synthetic_val_size, cfg.crop_pct,
+                                  train_augment=train_augment)
         self.train_sampler = ShardSampler(len(datasets.train), info.world_size, info.rank,
                                           shuffle=True, seed=cfg.seed, pad=True)
         val_sampler = ShardSampler(len(datasets.val), info.world_size, info.rank,
@@ -468,6 +476,8 @@ class Trainer:
     def _train_step(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         self.schedule.apply(self.step)
+        if self.random_erasing is not None:
+            images = self.random_erasing(images)
         images, soft_target = self.mixer(images, target)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.forward_model(images)
