@@ -462,9 +462,10 @@ class Trainer:
                         f"batch {progress.batches_done + 1}); see the warnings above"
                     )
                 images, target = self._to_device(*batch[:2])
-                # Token labelling adds a third element: the dense targets.
-                token_targets = batch[2].to(self.device, non_blocking=True) if len(batch) > 2 else None
-                loss = self._train_step(images, target, token_targets)
+                if len(batch) > 2:  # token labelling: the dense targets come third
+                    loss = self._train_step(images, target, batch[2].to(self.device, non_blocking=True))
+                else:
+                    loss = self._train_step(images, target)
                 loss_sum += loss.detach().double() * images.shape[0]
                 images_done += images.shape[0]
                 progress.batches_done += 1
