@@ -2,8 +2,8 @@
 
     >>> import spectformer
     >>> model = spectformer.create_model("spectformer_s", num_classes=10)
-    >>> spectformer.list_models("gfnet_*")
-    ['gfnet_b', 'gfnet_s', 'gfnet_ti', 'gfnet_xs']
+    >>> spectformer.list_models("gfnet_h_*")
+    ['gfnet_h_b', 'gfnet_h_s', 'gfnet_h_ti']
 
 ``load_checkpoint(model, path_or_state_dict)`` loads official-layout checkpoints (resizing
 position embeddings and filters to the model's resolution); ``count_flops(model)`` gives
@@ -11,6 +11,7 @@ FLOPs in GFNet's convention; ``model.set_backend(name)`` switches the spectral k
 """
 
 from .models import (
+    GFNetH,
     SPECTRAL_LAYERS,
     SpectFormer,
     SpectFormerH,
@@ -22,6 +23,7 @@ from .models import (
 )
 
 __all__ = [
+    "GFNetH",
     "SPECTRAL_LAYERS",
     "SpectFormer",
     "SpectFormerH",

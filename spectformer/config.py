@@ -61,6 +61,17 @@ class TrainConfig:
     resume: Optional[str] = None
     stop_after: Optional[int] = None
     log_interval: int = 10
+    # Augmentation beyond mixup/cutmix (off by default; the official recipes in recipes/ set them).
+    aa: Optional[str] = None
+    reprob: float = 0.0
+    remode: str = "pixel"
+    recount: int = 1
+    # Token labelling (hierarchical models with an auxiliary head).
+    token_label_data: Optional[str] = None
+    token_label_size: Optional[int] = None
+    dense_weight: float = 0.5
+    cls_weight: float = 1.0
+    mix_token: bool = True
 
     def base_lr_for(self, global_batch: int) -> float:
         """``--lr`` if given, else the recipe's 5e-4 scaled linearly with the global batch."""
@@ -119,6 +130,19 @@ FLAG_HELP = {
     "stop_after": "stop after this many epochs in this run (for time-limited jobs); "
                   "the schedule still spans --epochs",
     "log_interval": "steps between progress-bar loss updates",
+    "aa": "RandAugment policy, timm-style, e.g. rand-m9-mstd0.5-inc1 (the official recipes); "
+          "'none' disables. Applied to digits and image-folder training images",
+    "reprob": "random erasing probability per training image (0 disables)",
+    "remode": "random erasing fill: const (zeros), rand (a normal colour per channel), "
+              "pixel (normal noise per pixel)",
+    "recount": "random erasing: at most this many rectangles per image",
+    "token_label_data": "folder of per-image dense score maps (LV-ViT format, "
+                        "<class>/<image stem>.pt) for token labelling; needs a hierarchical "
+                        "model with an auxiliary head and an image-folder --data",
+    "token_label_size": "side of the dense target grid (default: the model's last token grid)",
+    "dense_weight": "token labelling: weight of the auxiliary dense loss",
+    "cls_weight": "token labelling: weight of the class-token loss",
+    "mix_token": "token labelling: MixToken (a token-aligned box swapped with the flipped batch)",
 }
 
 # Keys a resumed run must share with its checkpoint: changing them changes the network or
@@ -308,6 +332,32 @@ def check_settings(cfg: TrainConfig, world_size: int = 1) -> None:
     checks.data_source(cfg.data, cfg.num_classes)
     checks.backend(cfg.backend, checks.default_device())
     checks.writable_folder("output", cfg.output)
+    check_recipe_options(cfg)
+
+
+def check_recipe_options(cfg: TrainConfig) -> None:
+    """Validate the augmentation and token-labelling settings, naming the flag at fault."""
+    from .random_erasing import RandomErasing
+    from .randaugment import parse_policy
+
+    if cfg.aa is not None:
+        if cfg.aa.strip().lower() == "none":
+            cfg.aa = None
+        else:
+            parse_policy(cfg.aa, "--aa")
+    RandomErasing(cfg.reprob, cfg.remode, cfg.recount)  # raises naming --reprob/--remode/--recount
+    if cfg.token_label_data is not None:
+        if cfg.data in ("digits", "synthetic"):
+            raise checks.UsageError("--token-label-data needs an image-folder --data (score maps are "
+                             f"per image file), got --data {cfg.data!r}")
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            raise checks.UsageError("token labelling mixes with MixToken instead of mixup/cutmix: "
+                             "pass --mixup 0 --cutmix 0 (as the official recipe does)")
+    if cfg.token_label_size is not None and cfg.token_label_size < 1:
+        raise checks.UsageError(f"--token-label-size must be >= 1, got {cfg.token_label_size}")
+    for name in ("dense_weight", "cls_weight"):
+        if getattr(cfg, name) < 0:
+            raise checks.UsageError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
 
 
 def parse_train_args(argv: Optional[Sequence[str]] = None) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -11,7 +11,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -90,12 +90,17 @@ def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 class UpscaledImages(Dataset):
-    """Small in-memory grey images, upscaled (bilinear) to the model's size on access."""
+    """Small in-memory grey images, upscaled (bilinear) to the model's size on access.
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, spec: ImageSpec):
+    ``augment`` (e.g. ``RandAugment``) maps the upscaled image in [0, 1] before normalisation.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, spec: ImageSpec,
+                 augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.images = torch.from_numpy(images).unsqueeze(1)  # (N, 1, h, w)
         self.labels = torch.from_numpy(labels)
         self.spec = spec
+        self.augment = augment
         self.num_classes = int(self.labels.max()) + 1
 
     def __len__(self) -> int:
@@ -106,6 +111,8 @@ class UpscaledImages(Dataset):
         image = F.interpolate(self.images[index : index + 1], size=(size, size),
                               mode="bilinear", align_corners=False)[0]
         image = image.expand(self.spec.in_chans, size, size)
+        if self.augment is not None:
+            image = self.augment(image)
         return self.spec.normalise(image), int(self.labels[index])
 
 
@@ -166,7 +173,8 @@ class ImageFolderDataset(Dataset):
     """
 
     def __init__(self, root: str | Path, spec: ImageSpec, train: bool, crop_pct: float = 0.875,
-                 classes: Optional[list[str]] = None):
+                 classes: Optional[list[str]] = None,
+                 augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
@@ -202,6 +210,7 @@ class ImageFolderDataset(Dataset):
                                  f"{', '.join(IMAGE_EXTENSIONS)})"
                                  + (f"; {len(empty) - 1} more are empty" if len(empty) > 1 else ""))
         self.spec, self.train, self.crop_pct = spec, train, crop_pct
+        self.augment = augment  # training only: maps the cropped image in [0, 1]
         self.unreadable: list[str] = []  # paths skipped by this process (workers keep their own)
 
     def __len__(self) -> int:
@@ -237,6 +246,8 @@ class ImageFolderDataset(Dataset):
         # Bicubic overshoots on float bands; 8-bit ones are already clipped by Pillow.
         array = np.clip(np.concatenate(arrays, axis=2) / divisor, 0.0, 1.0)
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
+        if self.train and self.augment is not None:
+            tensor = self.augment(tensor)
         return self.spec.normalise(tensor)
 
     def __getitem__(self, index: int):
@@ -332,12 +343,16 @@ class Datasets:
 
 def build_datasets(data: str, spec: ImageSpec, num_classes: Optional[int], seed: int,
                    synthetic_train_size: int = 1281, synthetic_val_size: int = 256,
-                   crop_pct: float = 0.875) -> Datasets:
+                   crop_pct: float = 0.875,
+                   train_augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Datasets:
+    """The train and validation sets of ``data``. ``train_augment`` (e.g. ``RandAugment``)
+    maps training images in [0, 1] before normalisation; synthetic data is not augmented."""
     if data == "digits":
         train_x, train_y, val_x, val_y = digits_split()
         if num_classes is not None and num_classes < 10:
             raise ValueError(f"--num-classes {num_classes} is too small for digits (10 classes)")
-        return Datasets(UpscaledImages(train_x, train_y, spec), UpscaledImages(val_x, val_y, spec),
+        return Datasets(UpscaledImages(train_x, train_y, spec, augment=train_augment),
+                        UpscaledImages(val_x, val_y, spec),
                         num_classes or 10, in_memory=True)
     if data == "synthetic":
         if num_classes is None:
@@ -351,7 +366,8 @@ def build_datasets(data: str, spec: ImageSpec, num_classes: Optional[int], seed:
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise ValueError(f"--data {data!r} must contain {split}/<class>/<images> (ImageFolder layout)")
-    train = ImageFolderDataset(root / "train", spec, train=True, crop_pct=crop_pct)
+    train = ImageFolderDataset(root / "train", spec, train=True, crop_pct=crop_pct,
+                               augment=train_augment)
     val = ImageFolderDataset(root / "val", spec, train=False, crop_pct=crop_pct, classes=train.classes)
     if num_classes is not None and num_classes < train.num_classes:
         raise ValueError(f"--num-classes {num_classes} is smaller than the {train.num_classes} "

@@ -47,6 +47,9 @@ from .checkpointing import (
 )
 from .config import TrainConfig
 from .data import ShardSampler, build_datasets, collate_skip_unreadable, image_spec
+from .randaugment import RandAugment
+from .random_erasing import RandomErasing
+from .token_labeling import TokenLabelDataset, mix_token_box, token_label_loss
 from .validate import amp_dtype_for, evaluate, model_overrides
 
 SUMMARY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr",
@@ -293,8 +296,16 @@ class Trainer:
                                     config_lib.MUST_MATCH_ON_RESUME, cfg.resume)
         seed_everything(cfg.seed + info.rank)
 
+        # RandAugment acts on training images in [0, 1] inside the data sets; random erasing
+        # on the normalised batch, before mixup.
+        train_augment = RandAugment(cfg.aa, fill=spec.mean) if cfg.aa else None
+        self.random_erasing = (RandomErasing(cfg.reprob, cfg.remode, cfg.recount)
+                               if cfg.reprob > 0 else None)
         datasets = build_datasets(cfg.data, spec, cfg.num_classes, cfg.seed,
-                                  cfg.synthetic_train_size, cfg.synthetic_val_size, cfg.crop_pct)
+                                  cfg.synthetic_train_size, cfg.synthetic_val_size, cfg.crop_pct,
+                                  train_augment=train_augment)
+        if cfg.token_label_data:
+            datasets.train = self._token_label_dataset(datasets.train, train_augment)
         self.train_sampler = ShardSampler(len(datasets.train), info.world_size, info.rank,
                                           shuffle=True, seed=cfg.seed, pad=True)
         val_sampler = ShardSampler(len(datasets.val), info.world_size, info.rank,
@@ -349,6 +360,17 @@ class Trainer:
         self.best_top1 = -1.0
         if checkpoint is not None:
             self._restore(checkpoint)
+
+    def _token_label_dataset(self, images, augment) -> TokenLabelDataset:
+        cfg, model = self.cfg, self.model
+        if not getattr(model, "token_label", False) or not hasattr(model, "forward_dense"):
+            raise ValueError(f"--token-label-data needs a hierarchical model with an auxiliary "
+                             f"head (spectformer_h_*), not --model {cfg.model!r}")
+        grid = tuple(model.grid_sizes[-1])
+        if cfg.token_label_size is not None and (cfg.token_label_size,) * 2 != grid:
+            raise ValueError(f"--token-label-size {cfg.token_label_size} does not match the model's "
+                             f"last token grid {grid[0]}x{grid[1]} at --img-size {cfg.img_size}")
+        return TokenLabelDataset(images, cfg.token_label_data, cfg.num_classes, grid, augment)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -460,8 +482,11 @@ class Trainer:
                     self.step += 1
                     bar.update(1)
                     continue
-                images, target = self._to_device(*batch)
-                loss = self._train_step(images, target)
+                images, target = self._to_device(*batch[:2])
+                if len(batch) > 2:  # token labelling: the dense targets come third
+                    loss = self._train_step(images, target, batch[2].to(self.device, non_blocking=True))
+                else:
+                    loss = self._train_step(images, target)
                 loss_sum += loss.detach().double() * images.shape[0]
                 images_done += images.shape[0]
                 progress.batches_done += 1
@@ -492,13 +517,19 @@ class Trainer:
         return torch.zeros(1, in_chans, size, size), torch.zeros(1, dtype=torch.long)
 
     def _train_step(self, images: torch.Tensor, target: torch.Tensor,
+                    token_targets: Optional[torch.Tensor] = None,
                     loss_weight: float = 1.0) -> torch.Tensor:
         cfg = self.cfg
         self.schedule.apply(self.step)
-        images, soft_target = self.mixer(images, target)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.forward_model(images)
-        loss = soft_target_cross_entropy(logits, soft_target)
+        if self.random_erasing is not None:
+            images = self.random_erasing(images)
+        if token_targets is not None:
+            loss = self._token_label_loss(images, token_targets)
+        else:
+            images, soft_target = self.mixer(images, target)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                logits = self.forward_model(images)
+            loss = soft_target_cross_entropy(logits, soft_target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
         if cfg.clip_grad:
@@ -509,6 +540,14 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         return loss
+
+    def _token_label_loss(self, images: torch.Tensor, token_targets: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        lam, box = mix_token_box(self.model.grid_sizes[-1]) if cfg.mix_token else (1.0, None)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            cls_logits, token_logits = self.forward_model(images, return_dense=True, mix_box=box)
+        return token_label_loss(cls_logits, token_logits, token_targets, lam, cfg.cls_weight,
+                                cfg.dense_weight, cfg.label_smoothing)
 
     def _evaluate(self, model: nn.Module, desc: str) -> dict:
         return evaluate(model, self.val_loader, self.device, self.amp_dtype, self.memory_format,

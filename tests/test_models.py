@@ -135,7 +135,8 @@ def random_checkpoint(layout, seed=0):
 # -- registry, counts, key names -------------------------------------------------------
 
 def test_registry_lists_every_model():
-    expected = set(VANILLA) | set(HIERARCHICAL) | {"spectformer_digits"}
+    gfnet_h = {"gfnet_h_ti", "gfnet_h_s", "gfnet_h_b"}  # tested in test_gfnet_h.py
+    expected = set(VANILLA) | set(HIERARCHICAL) | gfnet_h | {"spectformer_digits"}
     assert set(spectformer.list_models()) == expected
     assert spectformer.list_models("spectformer_h_*") == sorted(HIERARCHICAL)
 

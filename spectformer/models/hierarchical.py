@@ -238,8 +238,12 @@ class SpectFormerH(BackendSwitchMixin, nn.Module):
         if self.token_label:
             self.aux_head = self._classifier(num_classes)
 
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> normalised tokens ``(B, 1 + N, C)``: the class token, then stage-4 tokens."""
+    def forward_tokens(self, x: torch.Tensor, mix_box: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Images -> normalised tokens ``(B, 1 + N, C)``: the class token, then stage-4 tokens.
+
+        ``mix_box = (y0, y1, x0, x1)`` on the stage-4 grid: MixToken swaps the stage-1 tokens
+        under it (8x8 per stage-4 token) with those of the batch flipped along its first axis.
+        """
         if x.dim() != 4 or tuple(x.shape[1:]) != (self.in_chans, *self.img_size):
             raise ValueError(
                 f"expected images (B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), "
@@ -249,6 +253,8 @@ class SpectFormerH(BackendSwitchMixin, nn.Module):
         b = x.shape[0]
         for i in range(4):
             x, grid = getattr(self, f"patch_embed{i + 1}")(x)
+            if i == 0 and mix_box is not None:
+                x = swap_box(x, grid, [v * MIX_TOKEN_SCALE for v in mix_box])
             for block in getattr(self, f"block{i + 1}"):
                 x = block(x, grid)
             if i < 3:
@@ -263,18 +269,45 @@ class SpectFormerH(BackendSwitchMixin, nn.Module):
         """Images -> the normalised class token ``(B, C)``."""
         return self.forward_tokens(x)[:, 0]
 
-    def forward_dense(self, x: torch.Tensor):
-        """``(head(cls) (B, classes), aux_head(tokens) (B, N, classes))`` for token labelling."""
+    def forward_dense(self, x: torch.Tensor, mix_box: Optional[Sequence[int]] = None):
+        """``(head(cls) (B, classes), aux_head(tokens) (B, N, classes))`` for token labelling.
+
+        With a MixToken ``mix_box`` the token outputs under the box are swapped back, so each
+        token's output belongs to the image its target came from.
+        """
         if not self.token_label:
             raise RuntimeError("forward_dense needs the auxiliary head: build with token_label=True")
-        tokens = self.forward_tokens(x)
-        return self.head(tokens[:, 0]), self.aux_head(tokens[:, 1:])
+        tokens = self.forward_tokens(x, mix_box)
+        token_logits = self.aux_head(tokens[:, 1:])
+        if mix_box is not None:
+            token_logits = swap_box(token_logits, self.grid_sizes[-1], mix_box)
+        return self.head(tokens[:, 0]), token_logits
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_dense: bool = False,
+                mix_box: Optional[Sequence[int]] = None):
+        """Logits; ``return_dense=True`` gives ``forward_dense(x, mix_box)`` (through DDP and
+        ``torch.compile`` wrappers too)."""
+        if return_dense:
+            return self.forward_dense(x, mix_box)
         if not self.token_label:
             return self.head(self.forward_features(x))
         cls_logits, token_logits = self.forward_dense(x)
         return cls_logits + 0.5 * token_logits.max(dim=1).values
+
+
+# Stage-1 tokens per stage-4 token along each side (three stride-2 downsamplings).
+MIX_TOKEN_SCALE = 8
+
+
+def swap_box(tokens: torch.Tensor, grid: Sequence[int], box: Sequence[int]) -> torch.Tensor:
+    """Tokens ``(B, H*W, C)`` on ``grid`` with those under ``box = (y0, y1, x0, x1)`` taken from
+    the batch flipped along its first axis."""
+    y0, y1, x0, x1 = box
+    b, _, c = tokens.shape
+    grid_tokens = tokens.reshape(b, *grid, c)
+    mixed = grid_tokens.clone()
+    mixed[:, y0:y1, x0:x1] = grid_tokens.flip(0)[:, y0:y1, x0:x1]
+    return mixed.reshape(b, -1, c)
 
 
 _H_CFG = {"first_conv": "patch_embed1.conv.0"}
