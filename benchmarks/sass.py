@@ -269,11 +269,15 @@ class SourceIndex:
         inside = [lp for lp in self.loops(file) if lp.start <= line <= lp.end]
         return min(inside, key=lambda lp: lp.end - lp.start) if inside else None
 
-    def chain(self, lines: tuple) -> list:
-        """Source loops around an instruction, innermost first, across inlined calls."""
+    def chain(self, lines: tuple, body_only: bool = False) -> list:
+        """Source loops around an instruction, innermost first, across inlined calls
+        (``body_only``: not counting a loop's own header line, whose set-up code runs once
+        per entry)."""
         out = []
+        first = 1 if body_only else 0
         for file, line in lines:
-            for lp in sorted((lp for lp in self.loops(file) if lp.start <= line <= lp.end),
+            for lp in sorted((lp for lp in self.loops(file)
+                              if lp.start + first <= line <= lp.end),
                              key=lambda lp: lp.end - lp.start):
                 if lp not in out:
                     out.append(lp)
@@ -402,7 +406,7 @@ def _region(fn: Function, index: SourceIndex, lo: int, hi: int, children: list,
         if k in inner:
             continue
         ins = fn.instrs[k]
-        loops = index.chain(ins.lines)
+        loops = index.chain(ins.lines, body_only=True)
         deeper = loops[:loops.index(here)] if here in loops else loops
         hit = next((lp for lp in deeper if lp in covered), None)
         if hit is not None:  # a peeled or unrolled copy of a child loop's body: charged below

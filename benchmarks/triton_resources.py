@@ -187,9 +187,14 @@ def compile_in_subprocess(job: tuple, timeout: float) -> dict:
     return {"status": "ok", **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
-def largest_kept_config(kernel: str, dtype: str, h: int, w: int, c: int) -> tuple:
-    """The kept config with the most elements per thread: the worst case for resources."""
-    kept = _configs(kernel, dtype, h, w, c, all_configs=False)
+def largest_kept_config(kernel: str, dtype: str, h: int, w: int, c: int):
+    """The pruner's kept config with the most elements per thread (the worst case for
+    resources), or None when the pruner keeps none (``supports`` declines the shape)."""
+    from spectformer_kernels import triton_backend as tb
+
+    kept = tb.kept_configs(kernel, dtype, h, w, c)
+    if not kept:
+        return None
     cfg = max(kept, key=lambda cfg: (cfg.kwargs["BLOCK_C"] / cfg.num_warps,
                                      cfg.kwargs["BLOCK_C"]))
     return (kernel, dtype, h, w, cfg.kwargs["BLOCK_C"], cfg.num_warps)

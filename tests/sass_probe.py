@@ -1,0 +1,54 @@
+"""A kernel whose dynamic instruction mix is known, compiled for sm_90a and counted.
+
+Run as a script (``python tests/sass_probe.py N``) with ``TRITON_INTERPRET`` unset: one warp
+(32 threads, one element each) loads once, runs ``n`` iterations of exactly one FFMA and
+stores once, so the dynamic counts of one warp are: fp32 = n, global = 2. Prints the counts
+as JSON for ``tests/test_gpu_model.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+
+@triton.jit
+def fma_loop(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    acc = tl.load(x_ptr + offsets)
+    for _ in range(n):  # the probe's loop
+        acc = acc * 1.5 + 0.25
+    tl.store(y_ptr + offsets, acc)
+
+
+def main(trips: int, resolve: bool) -> None:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from benchmarks import sass
+
+    compiled = triton.compile(
+        ASTSource(fma_loop, {"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32",
+                             "BLOCK": "constexpr"}, {(3,): 32}),
+        target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+    (fn,) = sass.disassemble(compiled.asm["cubin"]).values()
+
+    def loop_trips(loop):
+        return trips if resolve and "the probe's loop" in loop.text else None
+
+    counts = sass.count(fn, loop_trips)
+    print(json.dumps({"by_class": dict(counts.by_class), "unresolved": counts.unresolved,
+                      "static": dict(sass.static_mix(fn)),
+                      "loops": len(sass.find_loops(fn, sass.SourceIndex()))}))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2:] != ["--unresolved"])
