@@ -5,4 +5,29 @@ in order of the STATIC MODEL's predicted forward+backward time on an H100 SXM at
 cut after ``reference`` (no backend predicted slower than ``reference`` is listed).
 """
 
-CHOICE: dict = {}
+CHOICE: dict = {
+    (7, 7, 768, 'bf16'): ('triton', 'cuda_cufft', 'cuda_fused', 'reference'),
+    (7, 7, 768, 'fp16'): ('triton', 'cuda_cufft', 'cuda_fused', 'reference'),
+    (7, 7, 768, 'fp32'): ('cuda_cufft', 'cuda_fused', 'reference'),
+    (14, 14, 256, 'bf16'): ('triton', 'cuda_cufft', 'reference'),
+    (14, 14, 256, 'fp16'): ('triton', 'cuda_cufft', 'reference'),
+    (14, 14, 256, 'fp32'): ('triton', 'cuda_cufft', 'reference'),
+    (14, 14, 384, 'bf16'): ('triton', 'cuda_cufft', 'reference'),
+    (14, 14, 384, 'fp16'): ('triton', 'cuda_cufft', 'reference'),
+    (14, 14, 384, 'fp32'): ('cuda_cufft', 'triton', 'reference'),
+    (14, 14, 512, 'bf16'): ('triton', 'cuda_cufft', 'reference'),
+    (14, 14, 512, 'fp16'): ('triton', 'cuda_cufft', 'reference'),
+    (14, 14, 512, 'fp32'): ('cuda_cufft', 'triton', 'reference'),
+    (28, 28, 128, 'bf16'): ('triton', 'cuda_cufft', 'reference'),
+    (28, 28, 128, 'fp16'): ('triton', 'cuda_cufft', 'reference'),
+    (28, 28, 128, 'fp32'): ('cuda_cufft', 'reference'),
+    (28, 28, 192, 'bf16'): ('triton', 'cuda_cufft', 'reference'),
+    (28, 28, 192, 'fp16'): ('triton', 'cuda_cufft', 'reference'),
+    (28, 28, 192, 'fp32'): ('cuda_cufft', 'reference'),
+    (56, 56, 64, 'bf16'): ('cuda_cufft', 'reference'),
+    (56, 56, 64, 'fp16'): ('cuda_cufft', 'reference'),
+    (56, 56, 64, 'fp32'): ('cuda_cufft', 'reference'),
+    (56, 56, 96, 'bf16'): ('cuda_cufft', 'reference'),
+    (56, 56, 96, 'fp16'): ('cuda_cufft', 'reference'),
+    (56, 56, 96, 'fp32'): ('cuda_cufft', 'reference'),
+}
