@@ -136,15 +136,14 @@ class Launch:
             b["issue"] = busiest * self.counts.total / (K("issue_per_clk") * clock)
             b["fp32"] = busiest * c["fp32"] / (K("fp32_per_clk") * clock)
             mma_rate = K("tensor_flops_per_clk") * clock
-            b["tensor"] = busiest * self.counts.tensor_flops / mma_rate / self._mma_efficiency()
+            sync = self.counts.mma_sync_flops
+            b["tensor"] = busiest * ((self.counts.tensor_flops - sync) / mma_rate
+                                     + sync / (mma_rate * K("mma_sync_fraction")))
             b["shared"] = busiest * (self.counts.shared_bytes + self._l1_local_bytes()) / (
                 K("shared_bytes_per_clk") * clock)
         if self.flops:
             b["fp32"] = self.flops / (sms * K("fp32_per_clk") * 32 * 2 * clock)
         return b
-
-    def _mma_efficiency(self) -> float:
-        return 1.0 if "HGMMA" in " ".join(self.notes) else K("mma_sync_fraction")
 
     def _l1_local_bytes(self) -> float:
         return self.counts.local_bytes if self.counts is not None else 0.0
@@ -208,9 +207,9 @@ def analyze_triton(job: dict) -> dict:
     return {
         **res, "shared": int(compiled.metadata.shared),
         "by_class": dict(counts.by_class), "tensor_flops": counts.tensor_flops,
+        "mma_sync_flops": counts.mma_sync_flops,
         "shared_bytes": counts.shared_bytes, "local_bytes": counts.local_bytes,
         "unresolved": counts.unresolved,
-        "hgmma": any(i.base == "HGMMA" for i in fn.instrs),
         "compile_s": round(time.perf_counter() - start, 1),
     }
 
@@ -252,6 +251,7 @@ def _counts_from(result: dict, warps: int) -> sass.Counts:
     per_warp = sass.Counts()
     per_warp.by_class.update(result["by_class"])
     per_warp.tensor_flops = result["tensor_flops"]
+    per_warp.mma_sync_flops = result["mma_sync_flops"]
     per_warp.shared_bytes = result["shared_bytes"]
     per_warp.local_bytes = result["local_bytes"]
     per_warp.unresolved = list(result["unresolved"])
@@ -275,8 +275,6 @@ def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
     mats = (2 * wk * w + 4 * h * h + 2 * w * wk) * 4  # fw, fh+gh (even rows), gw
     counts = _counts_from(result, warps)
     notes = [f"{len(counts.unresolved)} unresolved loops"] if counts.unresolved else []
-    if result.get("hgmma"):
-        notes.append("HGMMA")
     if kernel == "forward":
         ctas = batch * blocks
         launch = Launch("triton forward", ctas, 32 * warps, result["registers"],
@@ -540,7 +538,7 @@ def predict(launches: list) -> dict:
             counts.add(lp.counts, lp.ctas)
     notes = []
     for lp in launches:
-        notes += [n for n in lp.notes if n != "HGMMA" and n not in notes]
+        notes += [n for n in lp.notes if n not in notes]
     counted = any(lp.counts is not None for lp in launches)
     return {
         "seconds": total, "bound": max(by_bound, key=by_bound.get),

@@ -92,7 +92,8 @@ class Function:
     labels: dict  # label -> address
 
 
-_INSTR = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*(.*?)\s*;")
+# Opcode modifiers are upper case except MMA shapes ("HGMMA.64x16x16.F32.BF16").
+_INSTR = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)\s*(.*?)\s*;")
 _LINE = re.compile(r'(?:File|inlined at) "([^"]+)", line (\d+)')
 _LABEL = re.compile(r"^(\.L_x_\d+):")
 _SECTION = re.compile(r"^\.text\.(\S+):")
@@ -178,7 +179,7 @@ def mma_flops(opcode: str) -> float:
         m, n, k = (int(v) for v in shape.split("x"))
         return 2.0 * m * n * k / 4
     code = next((p for p in parts[1:] if re.fullmatch(r"\d{3,5}", p)), None)
-    if code:  # HMMA.16816 = m16 n8 k16; HMMA.1684 = m16 n8 k4
+    if code and len(code) >= 4:  # HMMA.16816 = m16 n8 k16; HMMA.1684 = m16 n8 k4
         m, n, k = int(code[:2]), int(code[2]), int(code[3:])
         return 2.0 * m * n * k
     return 0.0
@@ -304,6 +305,7 @@ class Counts:
     """Dynamic warp-instructions of one warp (per class), tensor FLOPs, shared/local bytes."""
     by_class: Counter = field(default_factory=Counter)
     tensor_flops: float = 0.0
+    mma_sync_flops: float = 0.0  # the part from warp-level mma.sync (HMMA), slower on Hopper
     shared_bytes: float = 0.0
     local_bytes: float = 0.0
     unresolved: list = field(default_factory=list)
@@ -312,6 +314,7 @@ class Counts:
         for k, v in other.by_class.items():
             self.by_class[k] += v * times
         self.tensor_flops += other.tensor_flops * times
+        self.mma_sync_flops += other.mma_sync_flops * times
         self.shared_bytes += other.shared_bytes * times
         self.local_bytes += other.local_bytes * times
         for u in other.unresolved:
@@ -417,6 +420,8 @@ def _region(fn: Function, index: SourceIndex, lo: int, hi: int, children: list,
         counts.by_class[cls] += 1
         if cls == "tensor":
             counts.tensor_flops += mma_flops(ins.opcode)
+            if "GMMA" not in ins.base:
+                counts.mma_sync_flops += mma_flops(ins.opcode)
         elif cls == "shared":
             counts.shared_bytes += access_bytes(ins.opcode)
         elif cls == "local":
