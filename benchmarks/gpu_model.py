@@ -218,7 +218,8 @@ def _analyze_safely(job: dict) -> dict:
     try:
         return analyze_triton(job)
     except Exception as err:  # noqa: BLE001 - a config that does not compile is reported
-        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        return {"error": f"{type(err).__name__}: {first_line}"}
 
 
 def _compile_all(jobs: dict, workers: int, timeout: float) -> dict:
@@ -733,7 +734,9 @@ def table(rows: list) -> str:
 def _merge_csv(path: Path, rows: list) -> list:
     """Rows of this run replace the old rows of the same path, shape, batch, dtype and
     direction; other rows are kept."""
-    key = lambda r: (r["backend"], r["shape"], str(r["batch"]), r["dtype"], r["direction"])  # noqa: E731
+    def key(r):
+        return r["backend"], r["shape"], str(r["batch"]), r["dtype"], r["direction"]
+
     new = {key(r) for r in rows}
     old = []
     if path.exists():
@@ -849,6 +852,7 @@ def main(argv=None) -> None:
     if args.plot:
         plot(merged, path.with_suffix(".png"))
         print(f"# plot: {path.with_suffix('.png')}")
+    print(f"# constants ({LABEL}):\n{gpu_target.table()}")
     if not args.no_tables:
         write_resource_table(resources)
         write_auto_table(rows)

@@ -93,7 +93,8 @@ class Function:
 
 
 # Opcode modifiers are upper case except MMA shapes ("HGMMA.64x16x16.F32.BF16").
-_INSTR = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)\s*(.*?)\s*;")
+_INSTR = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?"
+                    r"([A-Z][A-Za-z0-9_.]*)\s*(.*?)\s*;")
 _LINE = re.compile(r'(?:File|inlined at) "([^"]+)", line (\d+)')
 _LABEL = re.compile(r"^(\.L_x_\d+):")
 _SECTION = re.compile(r"^\.text\.(\S+):")

@@ -12,9 +12,10 @@ constexprs, ints and pointers divisible by 16 carry that hint), and the cubin's 
 read with Triton's bundled ``cuobjdump -res-usage``. For each kernel, dtype, shape and autotune
 config that the resource estimate keeps (``--all-configs``: every config), it reports
 registers per thread, the stack frame (spill slots, bytes), shared memory per block and
-whether the block fits Hopper's 227 KB. These are **compile-time resource figures, not timings**: they
-need no GPU and say nothing about speed, but a config that spills heavily or needs more
-shared memory than the SM has cannot be fast (the latter cannot even launch).
+whether the block fits Hopper's 227 KB. These are **compile-time resource figures, not
+timings**: they need no GPU and say nothing about speed, but a config that spills heavily or
+needs more shared memory than the SM has cannot be fast (the latter cannot even launch).
+Timings by a static model: ``python -m benchmarks.gpu_model``.
 
 Every compile runs in its own subprocess (``TRITON_INTERPRET`` unset, with a timeout: some
 configs keep LLVM/ptxas busy for many minutes, which is itself a reason to prune them).
@@ -149,7 +150,8 @@ def cubin_resources(cubin: bytes) -> dict:
         fields = dict(re.findall(r"(\w+):(\d+)", line))
         if name and "REG" in fields:
             out[name] = {"registers": int(fields["REG"]), "stack_bytes": int(fields["STACK"]),
-                         "local_bytes": int(fields["LOCAL"]), "static_shared": int(fields["SHARED"])}
+                         "local_bytes": int(fields["LOCAL"]),
+                         "static_shared": int(fields["SHARED"])}
     return out
 
 

@@ -1,9 +1,10 @@
 """A kernel whose dynamic instruction mix is known, compiled for sm_90a and counted.
 
-Run as a script (``python tests/sass_probe.py N``) with ``TRITON_INTERPRET`` unset: one warp
-(32 threads, one element each) loads once, runs ``n`` iterations of exactly one FFMA and
-stores once, so the dynamic counts of one warp are: fp32 = n, global = 2. Prints the counts
-as JSON for ``tests/test_gpu_model.py``.
+Run as a script (``python tests/sass_probe.py N [N ...] [--unresolved]``) with
+``TRITON_INTERPRET`` unset: one warp (32 threads, one element each) loads once, runs ``n``
+iterations of exactly one FFMA and stores once, so the dynamic counts of one warp are:
+fp32 = n, global = 2. Prints the counts for each N as a JSON list, for
+``tests/test_gpu_model.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def fma_loop(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
     tl.store(y_ptr + offsets, acc)
 
 
-def main(trips: int, resolve: bool) -> None:
+def main(trip_counts: list, resolve: bool) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -40,15 +41,17 @@ def main(trips: int, resolve: bool) -> None:
                              "BLOCK": "constexpr"}, {(3,): 32}),
         target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
     (fn,) = sass.disassemble(compiled.asm["cubin"]).values()
+    out = []
+    for trips in trip_counts:
+        def loop_trips(loop, trips=trips):
+            return trips if resolve and "the probe's loop" in loop.text else None
 
-    def loop_trips(loop):
-        return trips if resolve and "the probe's loop" in loop.text else None
-
-    counts = sass.count(fn, loop_trips)
-    print(json.dumps({"by_class": dict(counts.by_class), "unresolved": counts.unresolved,
-                      "static": dict(sass.static_mix(fn)),
-                      "loops": len(sass.find_loops(fn, sass.SourceIndex()))}))
+        counts = sass.count(fn, loop_trips)
+        out.append({"by_class": dict(counts.by_class), "unresolved": counts.unresolved,
+                    "loops": len(sass.find_loops(fn, sass.SourceIndex()))})
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2:] != ["--unresolved"])
+    args = sys.argv[1:]
+    main([int(a) for a in args if a != "--unresolved"], "--unresolved" not in args)
