@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session, from a clean tree: build the CUDA extension in place, run the GPU tests,
-# compute-sanitizer (memcheck, racecheck) over the CUDA and Triton kernel tests, and the
-# kernel benchmark. Everything lands in OUTDIR (logs, CSV, PNG, a summary). The steps are
-# time-boxed so that each call stays well inside 10 minutes.
+# compute-sanitizer (memcheck, racecheck) over the CUDA and Triton kernel tests, the kernel
+# benchmark, and the benchmark joined with the static model's predictions. Everything lands
+# in OUTDIR (logs, CSV, PNG, a summary). The steps are time-boxed so that each call stays
+# well inside 10 minutes.
 #
 #     bash benchmarks/gpu_session.sh OUTDIR            # kernels: build, tests, benchmark, sanitizers
 #     bash benchmarks/gpu_session.sh OUTDIR train      # build (kept if present), end-to-end throughput
@@ -73,6 +74,10 @@ step tests 150 python -m pytest -q --maxfail=20 -rs tests/test_cuda_backend.py $
 # 3. Kernel benchmark: every available backend (cuda, cuda_fused, cuda_cufft, triton,
 #    reference, dft), the shapes of benchmarks/shapes.py, fp32 and bf16, fwd and fwd+bwd.
 step benchmark 150 python -m benchmarks.spectral_gate --device cuda --out "$OUT" --plot
+# The measured table next to the static model's predictions (OUT/model_vs_measured.csv, with
+# the committed model CSV copied beside it): the model's first calibration.
+cp benchmarks/results/gpu_model_sm_90a.csv "$OUT/" 2>/dev/null
+step model_vs_measured 30 python -m benchmarks.model_vs_measured "$OUT"
 
 # 4. compute-sanitizer over the small GPU cases (-k sanitizer) of the kernel tests. The
 #    caching allocator is off so that memcheck sees every allocation's real bounds.

@@ -5,12 +5,17 @@
     python -m benchmarks.triton_resources --all-configs --timeout 30   # what the pruner drops
 
 Triton compiles ahead of time for a target it is told about, so the forward and backward
-kernels are compiled here for ``sm_90a`` and the PTX is run through Triton's bundled
-``ptxas -v``. For each kernel, dtype, shape and autotune config that the pruner keeps, it
-reports registers per thread, spill stores (bytes), shared memory per block and whether the
-block fits Hopper's 227 KB. These are **compile-time resource figures, not timings**: they
-need no GPU and say nothing about speed, but a config that spills heavily or needs more
-shared memory than the SM has cannot be fast (the latter cannot even launch).
+kernels are compiled here for ``sm_90a`` with the launcher's own specialization (the
+arguments come from ``triton_backend.forward_arguments``/``backward_arguments`` and pass
+through ``triton_backend.specialization``, Triton's launch binder: ints equal to 1 become
+constexprs, ints and pointers divisible by 16 carry that hint), and the cubin's resources are
+read with Triton's bundled ``cuobjdump -res-usage``. For each kernel, dtype, shape and autotune
+config that the resource estimate keeps (``--all-configs``: every config), it reports
+registers per thread, the stack frame (spill slots, bytes), shared memory per block and
+whether the block fits Hopper's 227 KB. These are **compile-time resource figures, not
+timings**: they need no GPU and say nothing about speed, but a config that spills heavily or
+needs more shared memory than the SM has cannot be fast (the latter cannot even launch).
+Timings by a static model: ``python -m benchmarks.gpu_model``.
 
 Every compile runs in its own subprocess (``TRITON_INTERPRET`` unset, with a timeout: some
 configs keep LLVM/ptxas busy for many minutes, which is itself a reason to prune them).
@@ -43,22 +48,71 @@ FIELDS = [
     "kind", "target", "kernel", "dtype", "shape", "block_c", "num_warps", "registers",
     "spill_bytes", "shared_bytes", "fits_smem", "est_tile_per_thread", "est_shared_bytes",
     "compile_s", "status", "triton", "ptxas", "commit",
-]
-KIND = "compile-time resources via ptxas -v on a CPU machine (not timings)"
+]  # spill_bytes: the stack frame cuobjdump reports (spill slots; the kernels have no arrays)
+KIND = "compile-time resources of sm_90a cubins on a CPU machine (not timings)"
 
-_IO_POINTERS = {"x_ptr", "y_ptr", "grad_y_ptr", "grad_x_ptr"}  # in the input dtype
+ALIGNMENT = 256  # device allocations (torch's caching allocator) are at least this aligned
 
 
-def compile_resources(kernel: str, dtype: str, h: int, w: int, block_c: int,
-                      num_warps: int) -> dict:
-    """Compile one kernel config for sm_90 and return registers, spills and shared memory.
+class DeviceTensor:
+    """Stands in for a CUDA tensor in Triton's specialization: shape, dtype, contiguous
+    strides and an aligned address (all the launcher's binder looks at)."""
+
+    def __init__(self, shape, dtype):
+        import torch
+
+        self.shape = torch.Size(shape)
+        self.dtype = dtype
+
+    def stride(self):
+        strides, step = [], 1
+        for n in reversed(self.shape):
+            strides.insert(0, step)
+            step *= n
+        return tuple(strides)
+
+    def data_ptr(self) -> int:
+        return ALIGNMENT * 4096
+
+
+class _Matrices:
+    def __init__(self, h: int, w: int):
+        import torch
+
+        wk = w // 2 + 1
+        self.w_forward = DeviceTensor((2 * wk, w), torch.float32)
+        self.h_forward = DeviceTensor((2 * h, 2 * h), torch.float32)
+        self.h_inverse = DeviceTensor((2 * h, 2 * h), torch.float32)
+        self.w_inverse = DeviceTensor((w, 2 * wk), torch.float32)
+
+
+def launch_arguments(kernel: str, dtype: str, batch: int, h: int, w: int, c: int) -> dict:
+    """The launcher's arguments (``triton_backend.forward_arguments`` /
+    ``backward_arguments``) for contiguous channels-last tensors of this shape."""
+    import torch
+
+    from spectformer_kernels import triton_backend as tb
+
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    x = DeviceTensor((batch, h, w, c), dt)
+    weight = DeviceTensor((h, w // 2 + 1, c, 2), torch.float32)
+    mats = _Matrices(h, w)
+    if kernel == "forward":
+        return tb.forward_arguments(x, weight, DeviceTensor(x.shape, dt), mats)
+    groups = -(-batch // tb.BATCH_PER_PROGRAM)
+    partials = DeviceTensor((groups, h, w // 2 + 1, c, 2), torch.float32)
+    return tb.backward_arguments(DeviceTensor(x.shape, dt), x, weight, DeviceTensor(x.shape, dt),
+                                 partials, mats)
+
+
+def compile_config(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
+                   block_c: int, num_warps: int, num_stages: int = 3):
+    """Compile one autotune config for sm_90a exactly as the launcher would specialize it.
 
     Needs the compiled (not interpreted) kernels: run it where ``TRITON_INTERPRET`` is unset.
-    """
+    Returns Triton's CompiledKernel (``asm["cubin"]``, ``metadata.shared``, ...)."""
     import triton
-    import triton.language as tl
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
 
     from spectformer_kernels import triton_backend as tb
@@ -66,43 +120,56 @@ def compile_resources(kernel: str, dtype: str, h: int, w: int, block_c: int,
     if tb.INTERPRETED:
         raise RuntimeError("TRITON_INTERPRET=1 is set: the kernels are interpreted, not compiled")
     fn = tb._forward_kernel if kernel == "forward" else tb._backward_kernel
-    io_type = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}[dtype]
-    constants = tb.kernel_constants(h, w)
-    constants.update(BLOCK_C=block_c, DOT_DTYPE=getattr(tl, {"fp32": "float32",
-                     "bf16": "bfloat16", "fp16": "float16"}[dtype]))
-    if "BATCH_PER_PROGRAM" in fn.arg_names:
-        constants["BATCH_PER_PROGRAM"] = tb.BATCH_PER_PROGRAM
-    signature = {}
-    for name in fn.arg_names:
-        if name in constants:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = io_type if name in _IO_POINTERS else "*fp32"
-        else:
-            signature[name] = "i32"
-    start = time.perf_counter()
-    compiled = triton.compile(ASTSource(fn, signature, constants),
-                              target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": num_warps})
-    ptxas = get_ptxas(90).path
+    target = GPUTarget("cuda", 90, 32)
+    config = triton.Config({"BLOCK_C": block_c}, num_warps=num_warps, num_stages=num_stages)
+    options, signature, constexprs, attrs = tb.specialization(
+        kernel, launch_arguments(kernel, dtype, batch, h, w, c), config, target)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                          options=options.__dict__)
+
+
+def cubin_resources(cubin: bytes) -> dict:
+    """{function: registers, stack frame, local and static shared bytes} from
+    ``cuobjdump -res-usage`` (Triton's bundled copy)."""
+    from benchmarks.sass import tool
+
+    cuobjdump = tool("cuobjdump")
+    if cuobjdump is None:
+        raise FileNotFoundError("cuobjdump not found (Triton's NVIDIA backend or a CUDA toolkit)")
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "kernel.ptx"
-        src.write_text(compiled.asm["ptx"])
-        # Same register allocator flag as Triton's own ptxas call, so the counts match.
-        log = subprocess.run([ptxas, "-v", "--regAllocOptLevel=2", f"--gpu-name={TARGET}",
-                              str(src), "-o", str(Path(tmp) / "kernel.o")],
-                             capture_output=True, text=True, check=True).stderr
-    regs = re.search(r"Used (\d+) registers", log)
-    spills = re.search(r"(\d+) bytes spill stores", log)
-    version = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
-    release = re.search(r"release ([\d.]+)", version)
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        text = subprocess.run([cuobjdump, "-res-usage", str(path)], capture_output=True,
+                              text=True, check=True).stdout
+    out, name = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\s*Function (\S+):", line)
+        if m:
+            name = m.group(1)
+            continue
+        fields = dict(re.findall(r"(\w+):(\d+)", line))
+        if name and "REG" in fields:
+            out[name] = {"registers": int(fields["REG"]), "stack_bytes": int(fields["STACK"]),
+                         "local_bytes": int(fields["LOCAL"]),
+                         "static_shared": int(fields["SHARED"])}
+    return out
+
+
+def compile_resources(kernel: str, dtype: str, h: int, w: int, block_c: int,
+                      num_warps: int, c: int = 384, batch: int = 128) -> dict:
+    """Registers, stack frame (spill) bytes and shared memory of one config for sm_90a."""
+    import triton
+
+    start = time.perf_counter()
+    compiled = compile_config(kernel, dtype, batch, h, w, c, block_c, num_warps)
+    (res,) = cubin_resources(compiled.asm["cubin"]).values()
     return {
-        "registers": int(regs.group(1)) if regs else None,
-        "spill_bytes": int(spills.group(1)) if spills else 0,
+        "registers": res["registers"],
+        "spill_bytes": res["stack_bytes"],
         "shared_bytes": int(compiled.metadata.shared),
         "compile_s": round(time.perf_counter() - start, 1),
         "triton": triton.__version__,
-        "ptxas": release.group(1) if release else "unknown",
+        "ptxas": "bundled",
     }
 
 
@@ -122,9 +189,14 @@ def compile_in_subprocess(job: tuple, timeout: float) -> dict:
     return {"status": "ok", **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
-def largest_kept_config(kernel: str, dtype: str, h: int, w: int, c: int) -> tuple:
-    """The kept config with the most elements per thread: the worst case for resources."""
-    kept = _configs(kernel, dtype, h, w, c, all_configs=False)
+def largest_kept_config(kernel: str, dtype: str, h: int, w: int, c: int):
+    """The pruner's kept config with the most elements per thread (the worst case for
+    resources), or None when the pruner keeps none (``supports`` declines the shape)."""
+    from spectformer_kernels import triton_backend as tb
+
+    kept = tb.kept_configs(kernel, dtype, h, w, c)
+    if not kept:
+        return None
     cfg = max(kept, key=lambda cfg: (cfg.kwargs["BLOCK_C"] / cfg.num_warps,
                                      cfg.kwargs["BLOCK_C"]))
     return (kernel, dtype, h, w, cfg.kwargs["BLOCK_C"], cfg.num_warps)
@@ -137,16 +209,11 @@ def estimate_for(job: tuple) -> dict:
 
 
 def _configs(kernel: str, dtype: str, h: int, w: int, c: int, all_configs: bool):
-    import torch
-
     from spectformer_kernels import triton_backend as tb
 
-    configs = tb._AUTOTUNE_CONFIGS
     if all_configs:
-        return configs
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    prune = tb._prune_forward if kernel == "forward" else tb._prune_backward
-    return prune(configs, {"C": c}, **tb.kernel_constants(h, w), DOT_DTYPE=tb._DOT_DTYPES[dt])
+        return tb._AUTOTUNE_CONFIGS
+    return tb.kept_configs(kernel, dtype, h, w, c, use_compiled=False)
 
 
 def _table(rows: list[dict]) -> str:

@@ -85,19 +85,42 @@ def _usable(name: str, x: torch.Tensor, weight: torch.Tensor) -> Reason:
     return backend.availability() or backend.supports(x, weight)
 
 
-# ``auto``'s choice, from measured results (benchmarks/results). Returns the backends to
-# try in order; the first usable one wins, and ``reference`` always can.
-# CPU (2 cores, batch 16, spectral_gate_cpu.csv): ``dft`` is 1.5-4.0x faster than
-# ``reference`` at 14x14 and 7x7, level at 28x28 (0.95-1.4x), and 1.2-1.6x slower at 56x56,
-# where its O(H + W) work per element outgrows the FFT's O(log HW).
-# CUDA: the fused kernels first (not yet measured on a GPU); ``reference`` is the fallback.
+# ``auto``'s choice. Returns the backends to try in order; the first usable one wins, and
+# ``reference`` always can.
+# CPU, from measurements (2 cores, batch 16, spectral_gate_cpu.csv): ``dft`` is 1.5-4.0x
+# faster than ``reference`` at 14x14 and 7x7, level at 28x28 (0.95-1.4x), and 1.2-1.6x
+# slower at 56x56, where its O(H + W) work per element outgrows the FFT's O(log HW).
+# CUDA: no GPU has measured these kernels yet, so the order comes from the static model
+# (``python -m benchmarks.gpu_model``, H100 SXM), which regenerates ``cuda_auto_table``: per
+# shape and dtype the backends by predicted forward+backward time, never one predicted
+# slower than ``reference``. Once ``benchmarks/gpu_session.sh`` has measured a shape, the
+# measured order replaces the model's there: write it into the same table (the measured
+# CSV sits next to the model's), and the model's row for that shape stops mattering.
 DFT_MAX_TOKENS_CPU = 32 * 32
 
 
+def cuda_candidates(h: int, w: int, c: int, dtype: torch.dtype) -> tuple:
+    """The CUDA order from ``cuda_auto_table`` for this shape; a shape it lacks takes the
+    entry of the nearest grid (same dtype, closest H*W, then closest C)."""
+    from .cuda_auto_table import CHOICE
+
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
+    entries = [(key, order) for key, order in CHOICE.items() if key[3] == name]
+    if not entries:
+        return ("reference",)
+    exact = dict(entries).get((h, w, c, name))
+    if exact is not None:
+        return exact
+    _, order = min(entries, key=lambda e: (abs(e[0][0] * e[0][1] - h * w), e[0][:2] != (h, w),
+                                           abs(e[0][2] - c)))
+    return order
+
+
 def auto_candidates(x: torch.Tensor, weight: torch.Tensor) -> tuple[str, ...]:
-    _, h, w, _ = x.shape
+    _, h, w, c = x.shape
     if x.device.type == "cuda":
-        return ("cuda", "triton", "reference")
+        order = cuda_candidates(h, w, c, x.dtype)
+        return order if order[-1] == "reference" else (*order, "reference")
     if h * w <= DFT_MAX_TOKENS_CPU:
         return ("dft", "reference")
     return ("reference",)

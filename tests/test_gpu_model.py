@@ -1,0 +1,200 @@
+"""The static GPU model (``benchmarks.gpu_model``) and what the package takes from it.
+
+No GPU is needed: kernels are compiled for sm_90a with Triton's bundled tools (and nvcc
+where it exists). Compiles run in subprocesses because ``conftest.py`` turns Triton's
+interpreter on in this process.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_CSV = ROOT / "benchmarks" / "results" / "gpu_model_sm_90a.csv"
+
+
+def _tools_missing():
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    from benchmarks.sass import tool
+
+    for name in ("nvdisasm", "cuobjdump"):
+        if tool(name) is None:
+            return f"{name} not found (Triton's NVIDIA backend or a CUDA toolkit)"
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        if not os.path.exists(get_ptxas(90).path):
+            return "no ptxas for sm_90"
+    except Exception as exc:  # noqa: BLE001 - any failure means: cannot compile here
+        return f"no ptxas for sm_90 ({exc})"
+    return None
+
+
+needs_tools = pytest.mark.skipif(_tools_missing() is not None, reason=str(_tools_missing()))
+
+
+def _compiler_env():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    env["TRITON_ALWAYS_COMPILE"] = "1"  # cached cubins may carry another edit's line numbers
+    return env
+
+
+def _probe(*args):
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "sass_probe.py"), *args],
+                          capture_output=True, text=True, env=_compiler_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+TRIPS = (1, 7, 1000)
+
+
+@needs_tools
+def test_instruction_counter_on_a_kernel_with_known_counts():
+    """One warp: one load, ``trips`` iterations of one FFMA (unrolled by the compiler into
+    a main loop and a remainder loop), one store."""
+    for trips, counts in zip(TRIPS, _probe(*map(str, TRIPS))):
+        assert counts["unresolved"] == []
+        assert counts["by_class"]["fp32"] == pytest.approx(trips)
+        assert counts["by_class"]["global"] == 2
+        assert counts["by_class"].get("tensor", 0) == 0
+        assert counts["by_class"].get("local", 0) == 0
+        assert counts["loops"] >= 1
+
+
+@needs_tools
+def test_instruction_counter_reports_loops_it_cannot_resolve():
+    (counts,) = _probe("1000", "--unresolved")
+    assert len(counts["unresolved"]) == 1 and "the probe's loop" in counts["unresolved"][0]
+
+
+def test_source_loops_of_the_cuda_sources():
+    from benchmarks.sass import source_loops
+
+    loops = {lp.text: lp for lp in source_loops(str(ROOT / "csrc" / "fused_dft.cu"))}
+    inner = loops["for (int w = 0; w < d.W; ++w) {"]
+    assert inner.end - inner.start == 6  # the braced body, not the whole file
+    one_line = next(lp for text, lp in loops.items() if "dk[i] = 0.f" in text)
+    assert one_line.start == one_line.end
+
+
+@needs_tools
+def test_model_runs_one_small_shape_per_kernel(tmp_path):
+    """Every path on one small grid, one Triton config per kernel (the CI budget)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_model", "--shapes", "8x8x32", "--dtypes",
+         "bf16", "--batch", "16", "--max-configs", "1", "--out", str(tmp_path), "--no-tables"],
+        capture_output=True, text=True, env=_compiler_env(), timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "not a measurement" in done.stdout
+    with (tmp_path / "gpu_model_sm_90a.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    backends = {r["backend"] for r in rows}
+    assert {"triton", "reference"} <= backends
+    for row in rows:
+        assert "not a measurement" in row["kind"]
+        if row["predicted_us"]:
+            assert float(row["predicted_us"]) >= float(row["floor_us"]) > 0
+            assert int(row["dram_bytes"]) > 0
+    for direction in ("fwd", "bwd"):
+        assert sum(int(r["auto"]) for r in rows if r["direction"] == direction) == 1
+    triton_rows = [r for r in rows if r["backend"] == "triton"]
+    assert all(r["warp_instructions"] and int(r["spill_bytes"]) == 0 for r in triton_rows)
+    assert any(int(r["tensor_instructions"]) > 0 for r in triton_rows)  # bf16 dots: MMA
+
+
+def test_reference_sequence_follows_pytorchs_cuda_fft_path():
+    from benchmarks.torch_fft_sequence import sequence
+
+    names = [k.name for k in sequence("fwd", 4, 14, 14, 8, torch.float32)]
+    assert names == ["copy (_exec_fft reshape)", "cuFFT R2C", "mul_ (normalization)", "mul",
+                     "clone (C2R input)", "copy (_exec_fft reshape)", "cuFFT C2R",
+                     "mul_ (normalization)"]
+    bf16 = [k.name for k in sequence("fwd", 4, 14, 14, 8, torch.bfloat16)]
+    assert bf16[0] == "_to_copy" and bf16[-1] == "_to_copy"  # the casts around fp32 FFTs
+
+
+class _CudaLike:
+    """What ``auto_candidates`` looks at, on a CUDA device, without a GPU."""
+
+    def __init__(self, shape, dtype):
+        self.shape = torch.Size(shape)
+        self.dtype = dtype
+        self.device = torch.device("cuda")
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def test_auto_on_cuda_follows_the_model_table():
+    from spectformer_kernels.backends import auto_candidates
+    from spectformer_kernels.cuda_auto_table import CHOICE
+
+    assert CHOICE, "the model has not generated the table"
+    for (h, w, c, dtype), order in CHOICE.items():
+        x = _CudaLike((2, h, w, c), _DTYPES[dtype])
+        candidates = auto_candidates(x, None)
+        assert candidates[:len(order)] == order
+        assert candidates[-1] == "reference"
+
+
+def test_model_table_matches_the_committed_csv():
+    from spectformer_kernels.cuda_auto_table import CHOICE
+
+    with MODEL_CSV.open() as f:
+        rows = list(csv.DictReader(f))
+    chosen = {(r["shape"], r["dtype"]): r["backend"] for r in rows if r["auto"] == "1"}
+    assert chosen
+    for (shape, dtype), backend in chosen.items():
+        h, w, c = (int(v) for v in shape.split("x"))
+        assert CHOICE[(h, w, c, dtype)][0] == backend
+        # never a path predicted slower (fwd+bwd) than reference
+        def total(name):
+            return sum(float(r["predicted_us"]) for r in rows if (r["shape"], r["dtype"],
+                       r["backend"]) == (shape, dtype, name) and r["predicted_us"])
+        assert total(backend) <= total("reference")
+
+
+def test_every_benchmark_shape_is_in_the_committed_csv():
+    from benchmarks.shapes import SHAPES
+
+    with MODEL_CSV.open() as f:
+        rows = list(csv.DictReader(f))
+    covered = {(r["shape"], r["dtype"], r["direction"]) for r in rows}
+    for h, w, c in SHAPES.values():
+        for dtype in ("bf16", "fp32"):
+            for direction in ("fwd", "bwd"):
+                assert (f"{h}x{w}x{c}", dtype, direction) in covered
+
+
+def test_pruner_never_keeps_a_config_with_a_stack_frame():
+    from spectformer_kernels import triton_backend as tb
+    from spectformer_kernels.triton_sm90_resources import RESOURCES
+
+    assert RESOURCES, "the model has not generated the resource table"
+    grids = {(k[0], k[1], k[2], k[3]) for k in RESOURCES}
+    for kernel, dtype, h, w in grids:
+        for cfg in tb.kept_configs(kernel, dtype, h, w, 64):
+            compiled = RESOURCES.get((kernel, dtype, h, w, cfg.kwargs["BLOCK_C"], cfg.num_warps))
+            assert compiled is not None, (kernel, dtype, h, w, cfg)
+            assert compiled["stack_bytes"] == 0, (kernel, dtype, h, w, cfg, compiled)
+
+
+def test_supports_declines_a_shape_without_a_fitting_config():
+    from spectformer_kernels import triton_backend as tb
+
+    assert tb.kept_configs("backward", "fp32", 56, 56, 64) == []
+    reason = tb.no_config_reason("backward", "fp32", 56, 56)
+    assert "56x56" in reason and "spilling" in reason
