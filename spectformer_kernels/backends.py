@@ -87,16 +87,17 @@ def _usable(name: str, x: torch.Tensor, weight: torch.Tensor) -> Reason:
 
 # ``auto``'s choice. Returns the backends to try in order; the first usable one wins, and
 # ``reference`` always can.
-# CPU, from measurements (2 cores, batch 16, spectral_gate_cpu.csv): ``dft`` is 1.5-4.0x
-# faster than ``reference`` at 14x14 and 7x7, level at 28x28 (0.95-1.4x), and 1.2-1.6x
-# slower at 56x56, where its O(H + W) work per element outgrows the FFT's O(log HW).
+# CPU, from measurements (2 threads, batch 16, benchmarks/results/spectral_gate_cpu.csv):
+# ``dft`` beats ``reference`` at every benchmark grid, 7x7 to 56x56, in fp32 and bf16,
+# forward and forward+backward (1.4-3.8x). Above 64x64 nothing was measured and its
+# O(H + W) work per element will lose to the FFT's O(log HW) somewhere: ``reference`` there.
 # CUDA: no GPU has measured these kernels yet, so the order comes from the static model
 # (``python -m benchmarks.gpu_model``, H100 SXM), which regenerates ``cuda_auto_table``: per
 # shape and dtype the backends by predicted forward+backward time, never one predicted
 # slower than ``reference``. Once ``benchmarks/gpu_session.sh`` has measured a shape, the
 # measured order replaces the model's there: write it into the same table (the measured
 # CSV sits next to the model's), and the model's row for that shape stops mattering.
-DFT_MAX_TOKENS_CPU = 32 * 32
+DFT_MAX_TOKENS_CPU = 64 * 64
 
 
 def cuda_candidates(h: int, w: int, c: int, dtype: torch.dtype) -> tuple:

@@ -61,8 +61,10 @@ def test_auto_on_cpu_follows_the_measured_rule(monkeypatch):
     monkeypatch.delenv("SPECTFORMER_BACKEND", raising=False)
     small, w_small, _ = make_inputs((1, 14, 14, 4))
     large, w_large, _ = make_inputs((1, 56, 56, 4))
+    huge, w_huge, _ = make_inputs((1, 96, 96, 1))
     assert resolve_backend("auto", small, w_small) == "dft"
-    assert resolve_backend("auto", large, w_large) == "reference"
+    assert resolve_backend("auto", large, w_large) == "dft"
+    assert resolve_backend("auto", huge, w_huge) == "reference"
     assert rel_err(spectral_gate(small, w_small), oracle(small, w_small)) < 1e-5
 
 
