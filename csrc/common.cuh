@@ -18,6 +18,9 @@
 #define SPECTFORMER_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
   kernel<<<grid, block, shared_bytes, stream>>>(__VA_ARGS__)
 #define SPECTFORMER_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#define SPECTFORMER_UNROLL _Pragma("unroll")
+#else
+#define SPECTFORMER_UNROLL
 #endif
 
 namespace spectformer {

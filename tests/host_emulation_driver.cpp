@@ -4,7 +4,7 @@
 //
 //   driver PATH DTYPE ORDER B H W C XS_B XS_H XS_W XS_C GS_B GS_H GS_W GS_C SMS SHARED DIR
 //
-// PATH fused|cufft; DTYPE f32|bf16|f16; ORDER 0|1|2 (thread order, see host_cuda.h);
+// PATH fused|cufftdx|cufft; DTYPE f32|bf16|f16; ORDER 0|1|2 (thread order, see host_cuda.h);
 // XS/GS element strides of x and dy inside the raw buffers DIR/x.bin and DIR/dy.bin; SMS
 // and SHARED the emulated device's SM count and opt-in shared memory per block. Reads
 // DIR/k.bin (fp32 (H, W//2+1, C, 2)); writes DIR/y.bin and DIR/dx.bin (DTYPE, contiguous
@@ -105,6 +105,16 @@ int main(int argc, char** argv) {
     check(spectformer::fused_backward(s, dtype, dy.data, gs, x.data, xs, weight, dx_ptr, dk_ptr,
                                       ws_ptr, num_sms, max_shared, nullptr),
           "fused_backward");
+  } else if (path == "cufftdx") {
+    check(spectformer::cufftdx_forward(s, dtype, x.data, xs, weight, y_ptr, num_sms, nullptr),
+          "cufftdx_forward");
+    size_t ws = 0;
+    check(spectformer::cufftdx_backward_workspace_bytes(s, num_sms, &ws),
+          "cufftdx_backward_workspace_bytes");
+    void* ws_ptr = ws ? poisoned(ws_bwd, ws) : nullptr;
+    check(spectformer::cufftdx_backward(s, dtype, dy.data, gs, x.data, xs, weight, dx_ptr, dk_ptr,
+                                        ws_ptr, ws, num_sms, nullptr),
+          "cufftdx_backward");
   } else if (path == "cufft") {
     size_t ws = 0;
     check(spectformer::cufft_forward_workspace_bytes(s, dtype, nullptr, &ws), "cufft_forward_workspace_bytes");

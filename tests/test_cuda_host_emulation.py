@@ -25,7 +25,7 @@ from spectformer_kernels import oracle
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 DRIVER_SOURCE = Path(__file__).resolve().parent / "host_emulation_driver.cpp"
-KERNEL_SOURCES = ["fused_dft.cu", "cufft_gate.cu"]
+KERNEL_SOURCES = ["fused_dft.cu", "cufft_gate.cu", "cufftdx_gate.cu"]
 CALLBACK_HEADER = "spectformer_cufft_callbacks_fatbin.h"
 H100_SMS = 132
 H100_SHARED = 227 * 1024
@@ -71,11 +71,11 @@ def drivers(tmp_path_factory):
         pytest.skip("no C++ compiler (g++ or clang++) to build the host emulation")
     folder = tmp_path_factory.mktemp("host_emulation")
     plain = compile_driver(folder)
-    return {"fused": plain, "cufft": plain,
+    return {"fused": plain, "cufft": plain, "cufftdx": plain,
             "cufft_callbacks": compile_driver(folder / "callbacks", callbacks=True)}
 
 
-PATHS = ["fused", "cufft", "cufft_callbacks"]
+PATHS = ["fused", "cufftdx", "cufft", "cufft_callbacks"]
 
 
 def _raw(t: torch.Tensor) -> bytes:

@@ -59,6 +59,17 @@ struct alignas(8) float2 {
   float x, y;
 };
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+// Raw vectors for wide loads and stores.
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
 
 inline uint3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
@@ -312,6 +323,22 @@ cudaError_t cudaMalloc(T** p, size_t bytes) {
 }
 inline cudaError_t cudaFree(void* p) {
   std::free(p);
+  return cudaSuccess;
+}
+
+// Resident blocks per SM the emulated device reports (tests set it); 0 when the launch could
+// not run at all (more dynamic shared memory than the opt-in allows).
+namespace spectformer_emu {
+inline int occupancy_blocks_per_sm = 2;
+}
+template <typename Kernel>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel* kernel, int threads,
+                                                          size_t shared_bytes) {
+  if (threads <= 0 || threads > 1024) return cudaErrorInvalidValue;
+  auto it = spectformer_emu::shared_opt_in.find(reinterpret_cast<const void*>(kernel));
+  const int limit = it == spectformer_emu::shared_opt_in.end()
+                        ? spectformer_emu::kDefaultDynamicSharedLimit : it->second;
+  *blocks = shared_bytes <= static_cast<size_t>(limit) ? spectformer_emu::occupancy_blocks_per_sm : 0;
   return cudaSuccess;
 }
 
