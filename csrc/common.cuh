@@ -22,6 +22,8 @@
 #else
 #define SPECTFORMER_UNROLL
 #endif
+// Stops the compiler moving memory accesses across this point (no instruction is emitted).
+#define SPECTFORMER_COMPILER_FENCE() asm volatile("" ::: "memory")
 
 namespace spectformer {
 

@@ -25,6 +25,31 @@
 #include <algorithm>
 
 #include "common.cuh"
+
+// Built by default; setup.py passes SPECTFORMER_HAVE_CUFFTDX=0 where the cuFFTDx headers (the
+// nvidia-mathdx wheel) are missing, and then this path reports no grids.
+#ifndef SPECTFORMER_HAVE_CUFFTDX
+#define SPECTFORMER_HAVE_CUFFTDX 1
+#endif
+
+#if !SPECTFORMER_HAVE_CUFFTDX
+namespace spectformer {
+bool cufftdx_supports(const GateShape&) { return false; }
+Status cufftdx_forward(const GateShape&, ScalarType, const void*, Strides4, const float*, void*,
+                       int, cudaStream_t) {
+  return "the extension was built without the cuFFTDx headers (nvidia-mathdx)";
+}
+Status cufftdx_backward_workspace_bytes(const GateShape&, int, size_t* bytes) {
+  *bytes = 0;
+  return "the extension was built without the cuFFTDx headers (nvidia-mathdx)";
+}
+Status cufftdx_backward(const GateShape&, ScalarType, const void*, Strides4, const void*, Strides4,
+                        const float*, void*, float*, void*, size_t, int, cudaStream_t) {
+  return "the extension was built without the cuFFTDx headers (nvidia-mathdx)";
+}
+}  // namespace spectformer
+#else
+
 #include "gate_rules.cuh"
 #include "thread_fft.cuh"
 
@@ -44,10 +69,13 @@ struct Tile {
   static constexpr int kColumns = Wk * CT;
   static constexpr int kItems = kRowPairs > kColumns ? kRowPairs : kColumns;
   static constexpr int kThreads = (kItems + 31) / 32 * 32;
+  // Blocks per SM the register budget must allow (ptxas caps registers at 64K / (threads x
+  // this)): two or more, so one block's loads overlap another's transforms.
+  static constexpr int kMinBlocks = kThreads <= 128 ? 3 : 2;
   // Complex spectrum [h][k][c] as floats; it also holds the real tile [h][w][c] (W < 2 Wk).
   static constexpr int kBufferFloats = H * Wk * CT * 2;
   static_assert(CT % 2 == 0, "channels are transformed in pairs");
-  static_assert(H <= kThreadFftMaxSize && W <= kThreadFftMaxSize, "thread FFT sizes are <= 64");
+  static_assert(H <= kCufftdxMaxSize && W <= kCufftdxMaxSize, "thread FFT sizes are <= 64");
   static_assert(kThreads <= 1024, "too many threads");
 };
 
@@ -108,9 +136,10 @@ struct RawVector<2> { using type = unsigned short; };
 
 // Channels per vector access: 16 bytes, or the whole channel tile if that is less.
 template <class Cfg, typename T>
-constexpr int vector_width() {
-  return Cfg::CT * static_cast<int>(sizeof(T)) < 16 ? Cfg::CT : 16 / static_cast<int>(sizeof(T));
-}
+struct VectorWidth {
+  static constexpr int value =
+      Cfg::CT * static_cast<int>(sizeof(T)) < 16 ? Cfg::CT : 16 / static_cast<int>(sizeof(T));
+};
 
 // tile[(h W + w) CT + c] = src[b, h, w, c0 + c] in fp32, zero past the last channel.
 // vectorized: channels contiguous, C and every stride multiples of the vector width and the
@@ -118,7 +147,7 @@ constexpr int vector_width() {
 template <class Cfg, typename T>
 __device__ __forceinline__ void load_tile(const T* __restrict__ src, Strides4 st, int64_t b,
                                           int c0, int C, bool vectorized, float* tile) {
-  constexpr int VEC = vector_width<Cfg, T>();
+  constexpr int VEC = VectorWidth<Cfg, T>::value;
   using Raw = typename RawVector<VEC * sizeof(T)>::type;
   const T* base = src + b * st.b;
   if (vectorized) {
@@ -157,7 +186,7 @@ SPECTFORMER_UNROLL
 template <class Cfg, typename T>
 __device__ __forceinline__ void store_tile(const float* tile, int64_t b, int c0, int C,
                                            bool vectorized, T* __restrict__ dst) {
-  constexpr int VEC = vector_width<Cfg, T>();
+  constexpr int VEC = VectorWidth<Cfg, T>::value;
   using Raw = typename RawVector<VEC * sizeof(T)>::type;
   T* base = dst + b * Cfg::H * Cfg::W * static_cast<int64_t>(C);
   if (vectorized) {
@@ -295,6 +324,9 @@ __device__ __forceinline__ void gate_along_h(float* buffer, const float* __restr
 SPECTFORMER_UNROLL
   for (int h = 0; h < H; ++h) col[h] = spectrum[(h * Wk + k) * CT + c];
   fft_forward<H>(col);
+  // Keeps the H loads of K from being hoisted above the FFT, where they would hold 2H more
+  // registers through it (and spill).
+  SPECTFORMER_COMPILER_FENCE();
 SPECTFORMER_UNROLL
   for (int h = 0; h < H; ++h) {
     const float2 kv = in_range ? gate::load_weight(weight, h, k, c0 + c, Wk, C, false)
@@ -358,7 +390,7 @@ struct VectorFlags {
 
 // grid (channel tiles, batch slots): block (j, i) handles b = i, i + gridDim.y, ...
 template <class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads)
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     cufftdx_forward_kernel(ScalarType dtype, const void* __restrict__ x, Strides4 xs,
                            const float* __restrict__ weight, void* __restrict__ y,
                            VectorFlags vectors, int64_t B, int C) {
@@ -383,7 +415,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 // grid (channel tiles, batch chunks): block (j, i) handles b in [i chunk, (i+1) chunk) in order
 // and accumulates dK of its channels into partials + i * H * Wk * C * 2 (zeroed here first).
 template <class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads)
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     cufftdx_backward_kernel(ScalarType dtype, const void* __restrict__ grad_y, Strides4 gs,
                             const void* __restrict__ x, Strides4 xs,
                             const float* __restrict__ weight, void* __restrict__ grad_x,
@@ -449,7 +481,8 @@ bool vectorizable(const void* p, Strides4 st, int64_t C, int width, size_t elem)
 
 template <class Cfg>
 int vector_width_for(ScalarType dtype) {
-  return dtype == ScalarType::kFloat32 ? vector_width<Cfg, float>() : vector_width<Cfg, __half>();
+  return dtype == ScalarType::kFloat32 ? VectorWidth<Cfg, float>::value
+                                     : VectorWidth<Cfg, __half>::value;
 }
 
 template <class Cfg>
@@ -596,3 +629,5 @@ Status cufftdx_backward(const GateShape& s, ScalarType dtype, const void* grad_y
 }
 
 }  // namespace spectformer
+
+#endif  // SPECTFORMER_HAVE_CUFFTDX

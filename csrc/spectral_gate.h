@@ -63,6 +63,9 @@ Status fused_backward(const GateShape& shape, ScalarType dtype, const void* grad
                       int num_sms, int max_shared_bytes, cudaStream_t stream);
 
 // ---- cuFFTDx path (fused kernel on in-register FFTs, compile-time grids) -----------------
+// Largest H, W the path can have kernels for (single-precision thread FFTs).
+constexpr int kCufftdxMaxSize = 64;
+
 // Whether a kernel is compiled for this grid (the square model grids 7, 12, 14, 24, 28, 48,
 // 56); false when the extension was built without the cuFFTDx headers.
 bool cufftdx_supports(const GateShape& shape);

@@ -26,10 +26,9 @@
 #include <cufftdx.hpp>
 #endif
 
-namespace spectformer {
+#include "spectral_gate.h"
 
-// Largest size of a single-precision thread FFT.
-constexpr int kThreadFftMaxSize = 64;
+namespace spectformer {
 
 // SM<900>: the project targets Hopper; a thread FFT is plain register arithmetic, so the same
 // description also serves other architectures' builds.
