@@ -56,10 +56,11 @@ Status cufftdx_backward(const GateShape&, ScalarType, const void*, Strides4, con
 namespace spectformer {
 namespace {
 
-// A grid (H, W) and the channel tile CT of one kernel. Threads: one per item of the larger of
-// the two stage kinds (row pairs along W, columns along H), rounded to whole warps; each
-// thread owns at most one item per stage, so a stage needs no loop and at most one barrier.
-template <int kHeight, int kWidth, int kChannels>
+// A grid (H, W), the channel tile CT of one kernel, and the blocks per SM its register
+// budget must allow. Threads: one per item of the larger of the two stage kinds (row pairs
+// along W, columns along H), rounded to whole warps; each thread owns at most one item per
+// stage, so a stage needs no loop and at most one barrier.
+template <int kHeight, int kWidth, int kChannels, int kBlocksPerSm>
 struct Tile {
   static constexpr int H = kHeight;
   static constexpr int W = kWidth;
@@ -69,9 +70,10 @@ struct Tile {
   static constexpr int kColumns = Wk * CT;
   static constexpr int kItems = kRowPairs > kColumns ? kRowPairs : kColumns;
   static constexpr int kThreads = (kItems + 31) / 32 * 32;
-  // Blocks per SM the register budget must allow (ptxas caps registers at 64K / (threads x
-  // this)): two or more, so one block's loads overlap another's transforms.
-  static constexpr int kMinBlocks = kThreads <= 128 ? 3 : 2;
+  // Registers per thread that let kBlocksPerSm blocks share an SM's 64K, in units of 8
+  // (without the explicit cap ptxas settles on 128 for these kernels and spills).
+  static constexpr int kRegisterBudget = 65536 / (kThreads * kBlocksPerSm) / 8 * 8;
+  static constexpr int kMaxRegisters = kRegisterBudget > 255 ? 255 : kRegisterBudget;
   // Complex spectrum [h][k][c] as floats; it also holds the real tile [h][w][c] (W < 2 Wk).
   static constexpr int kBufferFloats = H * Wk * CT * 2;
   static_assert(CT % 2 == 0, "channels are transformed in pairs");
@@ -79,23 +81,25 @@ struct Tile {
   static_assert(kThreads <= 1024, "too many threads");
 };
 
-// Forward and backward tiles per grid. Forward: one buffer; backward: two (x and dy), so the
-// large grids halve CT there to keep two or more blocks per SM within 227 KB.
+// Forward and backward tiles per grid (CT, blocks per SM), chosen from ptxas -v on sm_90a so
+// that no kernel spills: the thread FFT's registers grow with the size, so the large grids
+// take narrow channel tiles (128 threads) and fewer, fatter threads; the backward holds two
+// buffers (x and dy) in shared memory.
 template <int N>
 struct GridTiles;
-#define SPECTFORMER_GRID(N, FORWARD_CT, BACKWARD_CT) \
-  template <>                                        \
-  struct GridTiles<N> {                              \
-    using Forward = Tile<N, N, FORWARD_CT>;          \
-    using Backward = Tile<N, N, BACKWARD_CT>;        \
+#define SPECTFORMER_GRID(N, FORWARD_CT, FORWARD_BLOCKS, BACKWARD_CT, BACKWARD_BLOCKS) \
+  template <>                                                                        \
+  struct GridTiles<N> {                                                              \
+    using Forward = Tile<N, N, FORWARD_CT, FORWARD_BLOCKS>;                          \
+    using Backward = Tile<N, N, BACKWARD_CT, BACKWARD_BLOCKS>;                       \
   };
-SPECTFORMER_GRID(7, 32, 32)
-SPECTFORMER_GRID(12, 32, 32)
-SPECTFORMER_GRID(14, 32, 32)
-SPECTFORMER_GRID(24, 16, 16)
-SPECTFORMER_GRID(28, 16, 8)
-SPECTFORMER_GRID(48, 8, 4)
-SPECTFORMER_GRID(56, 8, 4)
+SPECTFORMER_GRID(7, 32, 3, 32, 3)
+SPECTFORMER_GRID(12, 32, 2, 32, 2)
+SPECTFORMER_GRID(14, 16, 3, 32, 2)
+SPECTFORMER_GRID(24, 16, 2, 16, 2)
+SPECTFORMER_GRID(28, 8, 2, 8, 3)
+SPECTFORMER_GRID(48, 4, 2, 4, 2)
+SPECTFORMER_GRID(56, 4, 2, 4, 2)
 #undef SPECTFORMER_GRID
 
 // Calls fn(GridTiles<N>{}) for the compiled grid N x N, or returns false. The build may
@@ -390,7 +394,7 @@ struct VectorFlags {
 
 // grid (channel tiles, batch slots): block (j, i) handles b = i, i + gridDim.y, ...
 template <class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+__global__ void __launch_bounds__(Cfg::kThreads) __maxnreg__(Cfg::kMaxRegisters)
     cufftdx_forward_kernel(ScalarType dtype, const void* __restrict__ x, Strides4 xs,
                            const float* __restrict__ weight, void* __restrict__ y,
                            VectorFlags vectors, int64_t B, int C) {
@@ -415,7 +419,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 // grid (channel tiles, batch chunks): block (j, i) handles b in [i chunk, (i+1) chunk) in order
 // and accumulates dK of its channels into partials + i * H * Wk * C * 2 (zeroed here first).
 template <class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+__global__ void __launch_bounds__(Cfg::kThreads) __maxnreg__(Cfg::kMaxRegisters)
     cufftdx_backward_kernel(ScalarType dtype, const void* __restrict__ grad_y, Strides4 gs,
                             const void* __restrict__ x, Strides4 xs,
                             const float* __restrict__ weight, void* __restrict__ grad_x,

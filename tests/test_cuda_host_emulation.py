@@ -12,6 +12,8 @@ tests of ``test_cuda_backend.py`` cover those.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -106,8 +108,10 @@ def _layout(t: torch.Tensor, layout: str) -> tuple[torch.Tensor, tuple[int, ...]
 
 
 def run_case(binary: Path, workdir: Path, path: str, shape, dtype=torch.float32, *,
-             layout="contiguous", order=2, sms=H100_SMS, shared=H100_SHARED, seed=None):
-    """Runs forward and backward in the emulation; returns (y, dx, dK, inputs)."""
+             layout="contiguous", order=2, sms=H100_SMS, shared=H100_SHARED, seed=None,
+             env=None, expect_execs=True):
+    """Runs forward and backward in the emulation; returns (y, dx, dK, inputs). ``env``: extra
+    environment (SPECTFORMER_EMU_CAPTURE, SPECTFORMER_EMU_PLAN_SWEEP, see the driver)."""
     b, h, w, c = shape
     x, weight, grad = make_inputs(shape, dtype, seed=seed)
     x_buf, xs = _layout(x, layout)
@@ -118,14 +122,17 @@ def run_case(binary: Path, workdir: Path, path: str, shape, dtype=torch.float32,
     (workdir / "k.bin").write_bytes(_raw(weight))
     command = [str(binary), path.removesuffix("_callbacks"), DTYPE_CODES[dtype], str(order), *map(str, shape), *map(str, xs),
                *map(str, gs), str(sms), str(shared), str(workdir)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, **(env or {})})
+    run_case.last_stdout = result.stdout
     assert result.returncode == 0, (
         f"emulated {path} {shape} failed (exit {result.returncode}; a negative code is a "
         f"signal, e.g. a guard-page fault):\n{result.stdout}{result.stderr}")
     # Callback plans fall back to the gate kernel silently when they cannot be made: make
     # sure the callback build really ran forward (2 execs) and backward (3) through them.
     execs = 5 if path == "cufft_callbacks" else 0
-    assert f"cuFFT execs with callbacks: {execs}" in result.stdout, result.stdout + result.stderr
+    if expect_execs:
+        assert f"cuFFT execs with callbacks: {execs}" in result.stdout, result.stdout + result.stderr
     y = _from_raw((workdir / "y.bin").read_bytes(), dtype, shape)
     dx = _from_raw((workdir / "dx.bin").read_bytes(), dtype, shape)
     dk = _from_raw((workdir / "dk.bin").read_bytes(), torch.float32, weight.shape)
@@ -227,9 +234,9 @@ MUTATIONS = {
                         (2, 5, 6, 7)),
     "channel_tail": ("fused_dft.cu", "d.nc = min(CB, C - d.c0);", "d.nc = CB;", "fused",
                      (2, 5, 6, 7)),
-    "hermitian_mirror": ("cufft_gate.cu", "const int hn = h == 0 ? 0 : H - h;", "const int hn = h + 0 * H;",
+    "hermitian_mirror": ("cufft_gate.cu", "const int hn = gate::mirror_row(h, H);", "const int hn = h + 0 * H;",
                          "cufft", (2, 5, 6, 3)),
-    "callback_gate_mirror": ("cufft_callbacks.cu", "const int hn = h == 0 ? 0 : p->H - h;",
+    "callback_gate_mirror": ("cufft_callbacks.cu", "const int hn = gate::mirror_row(h, p->H);",
                              "const int hn = h;", "cufft_callbacks", (2, 5, 6, 3)),
     "callback_store_channel": ("cufft_callbacks.cu", "(b * hw + pos) * p->C + c]",
                                "(b * hw + pos) * p->C + (c + 1) % p->C]", "cufft_callbacks",
@@ -309,3 +316,41 @@ def test_cufftdx_standin_matches_torch_fft(standin_driver, precision, direction,
     want = torch.fft.fft(data) if direction == "forward" else torch.fft.ifft(data) * n
     err = ((got - want).abs().norm() / want.abs().norm()).item()
     assert err <= (1e-14 if precision == "f64" else 1e-6), f"rel err {err:.2e}"
+
+
+# ---- cuFFT plan cache: graph capture and the LRU bound -----------------------------------------
+
+
+@pytest.mark.parametrize("path", ["cufft", "cufft_callbacks", "cufftdx"])
+def test_graph_capture_after_warm_up(drivers, tmp_path, path):
+    """Plans made by a first call outside capture serve a call captured on another stream
+    (the emulation aborts on any allocation, plan creation or device sync during capture);
+    with callbacks the captured call runs the gate-kernel path on the plain plans."""
+    shape = (2, 7, 7, 5)
+    seed = fresh_seed()
+    outputs = run_case(drivers[path], tmp_path, path, shape, seed=seed,
+                       env={"SPECTFORMER_EMU_CAPTURE": "warm"})
+    check_against_oracle(outputs, f"{path} captured after warm-up, seed {seed}")
+
+
+@pytest.mark.parametrize("path", ["cufft", "cufft_callbacks"])
+def test_graph_capture_without_plans_fails_clearly(drivers, tmp_path, path):
+    with pytest.raises(AssertionError, match="run the op once with this shape before capturing"):
+        run_case(drivers[path], tmp_path, path, (2, 7, 6, 5),
+                 env={"SPECTFORMER_EMU_CAPTURE": "cold"})
+
+
+@pytest.mark.parametrize("path", ["cufft", "cufft_callbacks"])
+def test_plan_cache_is_bounded(drivers, tmp_path, path):
+    """40 other grids' plans, then a normal run: the cache keeps at most 32 entries per kind
+    (2 plain plans each, 3 callback plans each), syncing the device before it evicts."""
+    seed = fresh_seed()
+    outputs = run_case(drivers[path], tmp_path, path, (2, 5, 6, 3), seed=seed,
+                       env={"SPECTFORMER_EMU_PLAN_SWEEP": "40"}, expect_execs=False)
+    check_against_oracle(outputs, f"{path} after a plan sweep, seed {seed}")
+    stdout = run_case.last_stdout
+    live = int(re.search(r"live cuFFT plans: (\d+)", stdout).group(1))
+    syncs = int(re.search(r"device synchronizations: (\d+)", stdout).group(1))
+    assert live <= 2 * 32 + 3 * 32, stdout
+    assert live <= 2 * 32 or path == "cufft_callbacks", stdout
+    assert syncs >= 1, stdout

@@ -40,6 +40,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __maxnreg__(...)
 #define __shared__ static  // static arrays are shared by all fibers of the running block
 #define SPECTFORMER_DYNAMIC_SHARED(type, name) \
   type* name = reinterpret_cast<type*>(::spectformer_emu::dynamic_shared())
@@ -117,6 +118,11 @@ enum cudaError_t {
   cudaErrorInvalidConfiguration = 9,
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaStreamCaptureStatus {
+  cudaStreamCaptureStatusNone = 0,
+  cudaStreamCaptureStatusActive = 1,
+  cudaStreamCaptureStatusInvalidated = 2,
+};
 using cudaStream_t = struct CUstream_st*;
 
 namespace spectformer_emu {
@@ -129,6 +135,10 @@ constexpr int kDefaultDynamicSharedLimit = 48 * 1024;
 inline int thread_order = 2;
 
 inline cudaError_t last_error = cudaSuccess;
+// Whether every stream is capturing a CUDA graph (tests set it). While capturing, device
+// allocation and synchronisation abort the program, as capture forbids them.
+inline bool capturing = false;
+inline int device_synchronizations = 0;
 inline std::map<const void*, int> shared_opt_in;  // kernel -> MaxDynamicSharedMemorySize
 
 [[noreturn]] inline void fail(const char* what) {
@@ -313,6 +323,7 @@ inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_
 }
 
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
+  if (spectformer_emu::capturing) spectformer_emu::fail("cudaMalloc during graph capture");
   *p = std::malloc(bytes);
   if (*p) std::memset(*p, 0xff, bytes);
   return *p ? cudaSuccess : cudaErrorInvalidValue;
@@ -341,6 +352,20 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel* k
   *blocks = shared_bytes <= static_cast<size_t>(limit) ? spectformer_emu::occupancy_blocks_per_sm : 0;
   return cudaSuccess;
 }
+
+inline cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus* status) {
+  *status = spectformer_emu::capturing ? cudaStreamCaptureStatusActive
+                                       : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaDeviceSynchronize() {
+  if (spectformer_emu::capturing) spectformer_emu::fail("cudaDeviceSynchronize during graph capture");
+  ++spectformer_emu::device_synchronizations;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaPeekAtLastError() { return spectformer_emu::last_error; }
 
 inline cudaError_t cudaGetDevice(int* device) {
   *device = 0;
