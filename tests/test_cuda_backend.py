@@ -75,7 +75,7 @@ def _uses_cufftdx(source: Path) -> bool:
 
 # The cuFFTDx kernels compiled in the quick per-file check (each grid costs 10-60 s of nvcc);
 # test_cufftdx_kernels_have_no_spills compiles the others.
-CUFFTDX_QUICK_GRID = 14
+CUFFTDX_QUICK_GRID = 7
 
 
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
@@ -89,8 +89,9 @@ def test_cuda_source_compiles_for_sm90(source, tmp_path):
         includes = _cufft_paths().find_cufftdx()
         if includes is None:
             pytest.skip("cuFFTDx headers not found (the nvidia-mathdx wheel, 'test' extra)")
+        # -isystem: the library's own headers are not held to this project's -Werror.
         command[1:1] = [f"-DSPECTFORMER_CUFFTDX_ONLY_GRID={CUFFTDX_QUICK_GRID}",
-                        *(f"-I{folder}" for folder in includes)]
+                        *(arg for folder in includes for arg in ("-isystem", str(folder)))]
     if any(h.startswith("cufft") for h in _includes(source)):
         include = _cufft_include()
         if include is None:
@@ -105,7 +106,7 @@ def test_cuda_source_compiles_for_sm90(source, tmp_path):
 # and backward. Registers: at most 64K / (threads x blocks per SM) (the kernels' launch
 # bounds); spills: none. Slow (nvcc instantiates the FFTs), so only the grids of the
 # benchmark shapes beyond the quick check's.
-SPILL_CHECK_GRIDS = [7, 28, 56]
+SPILL_CHECK_GRIDS = [14, 28, 56]
 
 
 def _ptxas_report(nvcc, grid, tmp_path):
@@ -143,7 +144,8 @@ def test_cufftdx_kernels_have_no_spills(grid, tmp_path):
     if _cufft_paths().find_cufftdx() is None:
         pytest.skip("cuFFTDx headers not found (the nvidia-mathdx wheel, 'test' extra)")
     kernels = parse_ptxas(_ptxas_report(nvcc, grid, tmp_path))
-    gate_kernels = {k: v for k, v in kernels.items() if "cufftdx_" in k}
+    gate_kernels = {k: v for k, v in kernels.items()
+                    if "cufftdx_forward_kernel" in k or "cufftdx_backward_kernel" in k}
     assert len(gate_kernels) == 2, kernels
     for name, (registers, stores, loads) in gate_kernels.items():
         assert stores == 0 and loads == 0, f"grid {grid}: {name} spills ({stores} B / {loads} B)"
