@@ -196,6 +196,18 @@ def test_cuda_path_rule():
     assert cuda_backend.cuda_path(96, 96) == "cufft"
 
 
+def test_cufftdx_tile_table_matches_the_source():
+    """spectformer_kernels.cufftdx_tiles (for the GPU model) mirrors the kernel's table."""
+    from spectformer_kernels import cufftdx_tiles
+
+    source = (CSRC / "cufftdx_gate.cu").read_text()
+    rows = re.findall(r"^SPECTFORMER_GRID\((\d+), (\d+), (\d+), (\d+), (\d+)\)", source, re.M)
+    assert {int(r[0]): tuple(map(int, r[1:])) for r in rows} == cufftdx_tiles.GRID_TILES
+    launch = cufftdx_tiles.tile_launch(56, "backward")
+    assert (launch.channels_per_block, launch.threads, launch.shared_bytes) == (4, 128, 103936)
+    assert cufftdx_tiles.tile_launch(14, "forward").max_registers == 168
+
+
 def test_cufftdx_grids_match_the_source():
     """The Python list mirrors the kernel's grid table (csrc/cufftdx_gate.cu)."""
     source = (CSRC / "cufftdx_gate.cu").read_text()
