@@ -93,7 +93,9 @@ std::string cufft_callback_failure();
 
 // Scratch bytes (packed planes, spectra and the cuFFT work area). Creates and caches the
 // plans this call will use (callback plans are per stream and dtype) on the current device,
-// so call it with the target device current and the stream and dtype of the call.
+// so call it with the target device current and the stream and dtype of the call. Plans are
+// never made while the stream captures a CUDA graph: run the op once before capturing, else
+// this returns an error saying so. The caches keep the 32 most recently used entries.
 Status cufft_forward_workspace_bytes(const GateShape& shape, ScalarType dtype,
                                      cudaStream_t stream, size_t* bytes);
 Status cufft_backward_workspace_bytes(const GateShape& shape, ScalarType dtype,
