@@ -60,7 +60,7 @@ sys.exit(0 if cufft_paths.find_cufftdx() else 1)" \
 
 # 1. Build in place with the machine's own torch (no downloads). cufftdx_gate.cu instantiates
 #    thread FFTs for every model grid, the longest compile of the extension.
-step build 300 env SPECTFORMER_BUILD_CUDA=1 \
+step build 240 env SPECTFORMER_BUILD_CUDA=1 \
   python -m pip install --no-build-isolation --no-deps --no-index -v -e . || {
   echo "build failed: see $OUT/build.log" | tee -a "$SUMMARY"
   exit 1
