@@ -19,9 +19,10 @@
 //
 // Backward, per b: the transforms of x and dy (X kept in shared memory, D in registers),
 // dK += c_k / (H W) conj(X) D, G = D conj(K) / (H W), the inverse of G -> dx. Each block
-// accumulates dK for its channel tile and its contiguous chunk of the batch, in b order, into
-// its own slice of a partials buffer (no other block touches it), and a second kernel sums
-// the chunks in chunk order: dK is deterministic for a given device.
+// accumulates dK for its channel tile and its contiguous chunk of the batch, in b order, in
+// shared memory where a third buffer fits (grids 7, 12, 14) or else directly in its own slice
+// of a partials buffer (no other block touches it); a second kernel sums the chunks in chunk
+// order: dK is deterministic for a given device.
 #include <algorithm>
 
 #include "common.cuh"
@@ -76,6 +77,11 @@ struct Tile {
   static constexpr int kMaxRegisters = kRegisterBudget > 255 ? 255 : kRegisterBudget;
   // Complex spectrum [h][k][c] as floats; it also holds the real tile [h][w][c] (W < 2 Wk).
   static constexpr int kBufferFloats = H * Wk * CT * 2;
+  // Backward: dK accumulates in a third shared buffer where three fit kBlocksPerSm times on
+  // an SM (228 KB, 1 KB reserved per block), else in the block's slice of the partials in
+  // global memory (L2-resident, but read and written once per image).
+  static constexpr bool kDkInShared =
+      (3 * kBufferFloats * 4 + 1024) * kBlocksPerSm <= 228 * 1024;
   static_assert(CT % 2 == 0, "channels are transformed in pairs");
   static_assert(H <= kCufftdxMaxSize && W <= kCufftdxMaxSize, "thread FFT sizes are <= 64");
   static_assert(kThreads <= 1024, "too many threads");
@@ -344,13 +350,13 @@ SPECTFORMER_UNROLL
 }
 
 // Backward for thread (k, c)'s column: X = FFT_H(x column) (kept in x_buffer), D = FFT_H(dy
-// column), dK partial += c_k scale conj(X) D, then the dy column becomes the inverse along H
-// of D conj(K) scale. No barrier.
+// column), dK += c_k scale conj(X) D, then the dy column becomes the inverse along H of
+// D conj(K) scale. dK[h, k, c] lives at dk[((h Wk + k) dk_stride + c) * 2] (shared memory or
+// the block's global partial). No barrier.
 template <class Cfg>
 __device__ __forceinline__ void grad_along_h(float* x_buffer, float* dy_buffer,
-                                             const float* __restrict__ weight,
-                                             float* __restrict__ grad_weight_partial, int c0,
-                                             int C, float scale) {
+                                             const float* __restrict__ weight, float* dk,
+                                             int dk_stride, int c0, int C, float scale) {
   constexpr int H = Cfg::H, W = Cfg::W, Wk = Cfg::Wk, CT = Cfg::CT;
   if (threadIdx.x >= Cfg::kColumns) return;
   const int c = threadIdx.x % CT;
@@ -373,7 +379,7 @@ SPECTFORMER_UNROLL
     if (in_range) {
       const float2 x = x_spectrum[(h * Wk + k) * CT + c];
       const float2 prod = gate::complex_mul(gate::complex_conj(x), col[h]);
-      float* g = grad_weight_partial + ((static_cast<int64_t>(h) * Wk + k) * C + c0 + c) * 2;
+      float* g = dk + ((static_cast<int64_t>(h) * Wk + k) * dk_stride + c) * 2;
       g[0] = fmaf(ck, prod.x, g[0]);
       g[1] = fmaf(ck, prod.y, g[1]);
     }
@@ -432,15 +438,16 @@ __global__ void __launch_bounds__(Cfg::kThreads) __maxnreg__(Cfg::kMaxRegisters)
   const int c0 = blockIdx.x * CT;
   const float scale = 1.f / static_cast<float>(H * Cfg::W);
   float* partial = grad_weight_partials + blockIdx.y * (static_cast<int64_t>(H) * Wk * C * 2);
+  float* dk = Cfg::kDkInShared ? dy_buffer + Cfg::kBufferFloats : partial + 2 * c0;
+  const int dk_stride = Cfg::kDkInShared ? CT : C;
   // Zero the slots this thread accumulates into (the same thread owns them all along).
-  if (threadIdx.x < Cfg::kColumns) {
-    const int c = threadIdx.x % CT, k = threadIdx.x / CT;
-    if (c0 + c < C) {
-      for (int h = 0; h < H; ++h) {
-        float* g = partial + ((static_cast<int64_t>(h) * Wk + k) * C + c0 + c) * 2;
-        g[0] = 0.f;
-        g[1] = 0.f;
-      }
+  const int own_c = threadIdx.x % CT, own_k = threadIdx.x / CT;
+  const bool owns_slots = threadIdx.x < Cfg::kColumns && c0 + own_c < C;
+  if (owns_slots) {
+    for (int h = 0; h < H; ++h) {
+      float* g = dk + ((static_cast<int64_t>(h) * Wk + own_k) * dk_stride + own_c) * 2;
+      g[0] = 0.f;
+      g[1] = 0.f;
     }
   }
   const int64_t b_end = min(B, (blockIdx.y + 1) * chunk);
@@ -451,12 +458,19 @@ __global__ void __launch_bounds__(Cfg::kThreads) __maxnreg__(Cfg::kMaxRegisters)
     forward_along_w<Cfg>(x_buffer);
     forward_along_w<Cfg>(dy_buffer);
     __syncthreads();
-    grad_along_h<Cfg>(x_buffer, dy_buffer, weight, partial, c0, C, scale);
+    grad_along_h<Cfg>(x_buffer, dy_buffer, weight, dk, dk_stride, c0, C, scale);
     __syncthreads();
     inverse_along_w<Cfg>(dy_buffer);
     __syncthreads();
     store_tile_as<Cfg>(dtype, dy_buffer, b, c0, C, vectors.out, grad_x);
     __syncthreads();
+  }
+  if (Cfg::kDkInShared && owns_slots) {  // the thread's own slots: no barrier needed
+    for (int h = 0; h < H; ++h) {
+      const int64_t hk = static_cast<int64_t>(h) * Wk + own_k;
+      partial[(hk * C + c0 + own_c) * 2] = dk[(hk * CT + own_c) * 2];
+      partial[(hk * C + c0 + own_c) * 2 + 1] = dk[(hk * CT + own_c) * 2 + 1];
+    }
   }
 }
 
@@ -492,7 +506,9 @@ int vector_width_for(ScalarType dtype) {
 template <class Cfg>
 constexpr size_t forward_shared_bytes() { return Cfg::kBufferFloats * sizeof(float); }
 template <class Cfg>
-constexpr size_t backward_shared_bytes() { return 2 * Cfg::kBufferFloats * sizeof(float); }
+constexpr size_t backward_shared_bytes() {
+  return (Cfg::kDkInShared ? 3 : 2) * Cfg::kBufferFloats * sizeof(float);
+}
 
 // Opts the kernel into its dynamic shared memory and returns how many blocks fit on one SM.
 template <typename Kernel>

@@ -29,7 +29,7 @@ class TileLaunch(NamedTuple):
     threads: int
     blocks_per_sm: int  # what the register cap is set for
     max_registers: int  # __maxnreg__
-    shared_bytes: int  # dynamic shared memory per block
+    shared_bytes: int  # dynamic shared memory per block (backward: x, dy and, where it fits, dK)
     vector_bytes: dict  # bytes per global vector access, by element size (4 or 2)
 
 
@@ -46,6 +46,7 @@ def tile_launch(n: int, direction: str) -> TileLaunch:
     threads = (items + 31) // 32 * 32
     budget = 65536 // (threads * blocks) // 8 * 8
     buffer_bytes = n * wk * ct * 2 * 4
-    buffers = 1 if direction == "forward" else 2
+    dk_in_shared = (3 * buffer_bytes + 1024) * blocks <= 228 * 1024
+    buffers = 1 if direction == "forward" else (3 if dk_in_shared else 2)
     return TileLaunch(n, n, ct, threads, blocks, min(255, budget), buffers * buffer_bytes,
                       {size: min(16, ct * size) for size in (4, 2)})
