@@ -11,6 +11,8 @@ Package metadata lives in pyproject.toml; this file only adds the extension. Swi
                                  (CUDA 13 cufftXt.h, nvcc with LTO-IR output). At run time
                                  the extension falls back to its gate kernel wherever callback
                                  plans cannot be made, or with SPECTFORMER_CUFFT_CALLBACKS=0.
+    MATHDX_ROOT                  cuFFTDx headers (default: the nvidia-mathdx wheel); without
+                                 them the cuFFTDx path is left out
     TORCH_CUDA_ARCH_LIST         target architectures (default "8.0;9.0+PTX")
     MAX_JOBS                     parallel compile jobs (default: bounded by CPUs and memory)
 
@@ -130,17 +132,26 @@ def _cuda_extension():
     # record its folder as an rpath for processes that have not loaded cuFFT through torch.
     link_args = [f"-L{cufft.library_dir}", f"-l:{cufft.library_file}", f"-Wl,-rpath,{cufft.library_dir}"]
     cb_includes, cb_flags, cb_link = _lto_callback_setup(paths, CUDA_HOME, cufft)
+    cufftdx_includes = paths.find_cufftdx() or []
+    if cufftdx_includes:
+        _log(f"cuFFTDx path on (headers from {cufftdx_includes[0]})")
+        cufftdx_flags = []
+    else:
+        _log("cuFFTDx path off: no cuFFTDx headers (pip install nvidia-mathdx, or set MATHDX_ROOT)")
+        cufftdx_flags = ["-DSPECTFORMER_HAVE_CUFFTDX=0"]
     extension = CUDAExtension(
         name="spectformer_kernels._C",
         sources=[
             "csrc/binding.cpp",
+            "csrc/cufftdx_gate.cu",
             "csrc/fused_dft.cu",
             "csrc/cufft_gate.cu",
         ],
-        include_dirs=[str(CSRC), str(cufft.include_dir), *cb_includes],
+        include_dirs=[str(CSRC), str(cufft.include_dir), *cb_includes,
+                      *map(str, cufftdx_includes)],
         extra_compile_args={
             "cxx": ["-O3", "-std=c++17", *cb_flags],
-            "nvcc": ["-O3", "-std=c++17", "-lineinfo", *cb_flags],
+            "nvcc": ["-O3", "-std=c++17", "-lineinfo", *cb_flags, *cufftdx_flags],
         },
         extra_link_args=link_args + cb_link,
     )

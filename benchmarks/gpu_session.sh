@@ -51,8 +51,17 @@ step() {
   nvcc --version | tail -1
 } > "$OUT/environment.txt" 2>&1
 
-# 1. Build in place with the machine's own torch (no downloads).
-step build 180 env SPECTFORMER_BUILD_CUDA=1 \
+# The cuFFTDx kernels need the header-only nvidia-mathdx wheel (or MATHDX_ROOT): without it the
+# build leaves the cuFFTDx path out, and its GPU tests skip. Bring the wheel along (pip
+# download nvidia-mathdx on a networked machine; pip install --no-index --no-deps it here).
+python -c "import importlib.util, sys; sys.path.insert(0, 'csrc'); import cufft_paths; \
+sys.exit(0 if cufft_paths.find_cufftdx() else 1)" \
+  || echo "WARNING: no cuFFTDx headers (nvidia-mathdx): the cuda_cufftdx path will be missing" \
+  | tee -a "$SUMMARY"
+
+# 1. Build in place with the machine's own torch (no downloads). cufftdx_gate.cu instantiates
+#    thread FFTs for every model grid, the longest compile of the extension.
+step build 240 env SPECTFORMER_BUILD_CUDA=1 \
   python -m pip install --no-build-isolation --no-deps --no-index -v -e . || {
   echo "build failed: see $OUT/build.log" | tee -a "$SUMMARY"
   exit 1
@@ -71,8 +80,8 @@ TRITON_TESTS=$(ls tests/test_triton*.py 2>/dev/null | tr '\n' ' ')
 step tests 150 python -m pytest -q --maxfail=20 -rs tests/test_cuda_backend.py $TRITON_TESTS \
   --junitxml="$OUT/tests.xml"
 
-# 3. Kernel benchmark: every available backend (cuda, cuda_fused, cuda_cufft, triton,
-#    reference, dft), the shapes of benchmarks/shapes.py, fp32 and bf16, fwd and fwd+bwd.
+# 3. Kernel benchmark: every available backend (cuda, cuda_cufftdx, cuda_fused, cuda_cufft,
+#    triton, reference, dft), the shapes of benchmarks/shapes.py, fp32 and bf16, fwd and fwd+bwd.
 step benchmark 150 python -m benchmarks.spectral_gate --device cuda --out "$OUT" --plot
 # The measured table next to the static model's predictions (OUT/model_vs_measured.csv, with
 # the committed model CSV copied beside it): the model's first calibration.

@@ -7,7 +7,7 @@
 //   spectformer_cuda::spectral_gate_backward(Tensor grad_out, Tensor x, Tensor weight,
 //                                            str path) -> (Tensor, Tensor)
 // with CUDA kernels and Meta kernels (shapes only), and no autograd of their own: gradients
-// flow through the public op. `path` is "fused" or "cufft".
+// flow through the public op. `path` is "cufftdx", "fused" or "cufft".
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -59,15 +59,22 @@ void check_device(const at::Tensor& t, const at::Tensor& x, const char* name) {
                     "), got ", t.device());
 }
 
-enum class Path { kFused, kCufft };
+enum class Path { kCufftdx, kFused, kCufft };
 
 Path parse_path(c10::string_view path, const GateShape& shape) {
+  if (path == "cufftdx") {
+    TORCH_CHECK_VALUE(spectformer::cufftdx_supports(shape),
+                      "path 'cufftdx' has no kernel for H=", shape.height, ", W=", shape.width,
+                      " (compiled grids: see spectformer_kernels._C.cufftdx_grids)");
+    return Path::kCufftdx;
+  }
   if (path == "fused") {
     TORCH_CHECK_VALUE(spectformer::fused_supports(shape), "path 'fused' needs H, W <= ",
                       spectformer::kFusedMaxSize, ", got H=", shape.height, ", W=", shape.width);
     return Path::kFused;
   }
-  TORCH_CHECK_VALUE(path == "cufft", "path must be 'fused' or 'cufft', got '", std::string(path), "'");
+  TORCH_CHECK_VALUE(path == "cufft", "path must be 'cufftdx', 'fused' or 'cufft', got '",
+                    std::string(path), "'");
   return Path::kCufft;
 }
 
@@ -99,7 +106,11 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight, c10::stri
   const at::Tensor k = weight.contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   const ScalarType dtype = scalar_type_of(x, "x");
-  if (which == Path::kFused) {
+  if (which == Path::kCufftdx) {
+    const int num_sms = device_attribute(cudaDevAttrMultiProcessorCount, x);
+    check_status(spectformer::cufftdx_forward(shape, dtype, x.data_ptr(), strides_of(x),
+                                              k.data_ptr<float>(), y.data_ptr(), num_sms, stream));
+  } else if (which == Path::kFused) {
     const int max_shared = max_shared_bytes(x);
     check_status(spectformer::fused_forward(shape, dtype, x.data_ptr(), strides_of(x),
                                             k.data_ptr<float>(), y.data_ptr(), max_shared, stream));
@@ -131,7 +142,16 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out, con
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
   const ScalarType dtype = scalar_type_of(x, "x");
-  if (which == Path::kFused) {
+  if (which == Path::kCufftdx) {
+    const int num_sms = device_attribute(cudaDevAttrMultiProcessorCount, x);
+    size_t bytes = 0;
+    check_status(spectformer::cufftdx_backward_workspace_bytes(shape, num_sms, &bytes));
+    at::Tensor scratch = workspace(bytes, x);
+    check_status(spectformer::cufftdx_backward(
+        shape, dtype, grad_out.data_ptr(), strides_of(grad_out), x.data_ptr(), strides_of(x),
+        k.data_ptr<float>(), grad_x.data_ptr(), grad_weight.data_ptr<float>(),
+        bytes ? scratch.data_ptr() : nullptr, bytes, num_sms, stream));
+  } else if (which == Path::kFused) {
     const int max_shared = max_shared_bytes(x);
     const int num_sms = device_attribute(cudaDevAttrMultiProcessorCount, x);
     const size_t bytes = spectformer::fused_backward_workspace_bytes(shape, num_sms, max_shared);
@@ -185,6 +205,13 @@ TORCH_LIBRARY_IMPL(spectformer_cuda, Meta, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "CUDA kernels of the spectral gate; importing registers torch.ops.spectformer_cuda";
   m.attr("fused_max_size") = spectformer::kFusedMaxSize;
+  {
+    pybind11::list grids;  // the (H, W) grids the cuFFTDx path has kernels for
+    for (int64_t n = 1; n <= spectformer::kCufftdxMaxSize; ++n) {
+      if (spectformer::cufftdx_supports(GateShape{1, n, n, 1})) grids.append(pybind11::make_tuple(n, n));
+    }
+    m.attr("cufftdx_grids") = grids;
+  }
   m.attr("cufft_lto_callbacks") = spectformer::cufft_lto_callbacks_built();
   m.def("cufft_callback_failure", &spectformer::cufft_callback_failure,
         "why making cuFFT callback plans first failed here ('' if it never did)");

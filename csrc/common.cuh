@@ -18,7 +18,12 @@
 #define SPECTFORMER_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
   kernel<<<grid, block, shared_bytes, stream>>>(__VA_ARGS__)
 #define SPECTFORMER_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#define SPECTFORMER_UNROLL _Pragma("unroll")
+#else
+#define SPECTFORMER_UNROLL
 #endif
+// Stops the compiler moving memory accesses across this point (no instruction is emitted).
+#define SPECTFORMER_COMPILER_FENCE() asm volatile("" ::: "memory")
 
 namespace spectformer {
 

@@ -31,6 +31,7 @@
 
 #include "common.cuh"
 #include "cufft_callbacks.h"
+#include "gate_rules.cuh"
 
 namespace spectformer {
 namespace {
@@ -95,15 +96,13 @@ extern "C" __device__ void spectformer_cb_store_gate(void* data_out, unsigned lo
   const int h = hk / Wk;
   const int k = hk - h * Wk;
   const int c = static_cast<int>(plane % p->C);
-  const float* kp = p->weight + ((static_cast<long long>(h) * Wk + k) * p->C + c) * 2;
-  float k_re = kp[0], k_im = kp[1];
-  if (k == 0 || 2 * k == p->W) {
-    const int hn = h == 0 ? 0 : p->H - h;
-    const float* mp = p->weight + ((static_cast<long long>(hn) * Wk + k) * p->C + c) * 2;
-    k_re = 0.5f * (k_re + mp[0]);
-    k_im = 0.5f * (k_im - mp[1]);
+  namespace gate = spectformer::gate;
+  float2 kv = gate::load_weight(p->weight, h, k, c, Wk, p->C, false);
+  if (gate::is_self_conjugate_bin(k, p->W)) {
+    const int hn = gate::mirror_row(h, p->H);
+    kv = gate::hermitian_part(kv, gate::load_weight(p->weight, hn, k, c, Wk, p->C, false));
   }
+  const float2 y = gate::complex_mul(x, kv);
   const float s = p->scale;
-  static_cast<cufftComplex*>(data_out)[offset] =
-      make_float2((x.x * k_re - x.y * k_im) * s, (x.x * k_im + x.y * k_re) * s);
+  static_cast<cufftComplex*>(data_out)[offset] = make_float2(y.x * s, y.y * s);
 }

@@ -29,6 +29,8 @@
 #include <tuple>
 
 #include "common.cuh"
+#include "gate_rules.cuh"
+#include "plan_cache.h"
 
 #ifndef SPECTFORMER_CUFFT_LTO_CALLBACKS
 #define SPECTFORMER_CUFFT_LTO_CALLBACKS 0
@@ -75,6 +77,12 @@ const char* cufft_result_name(cufftResult r) {
       return ::spectformer::Status(#call " failed: ") + cufft_result_name(result_) +   \
              " (" + std::to_string(static_cast<int>(result_)) + ")";                   \
     }                                                                                  \
+  } while (0)
+
+#define SPECTFORMER_RETURN_IF_ERROR(expr) \
+  do {                                    \
+    ::spectformer::Status status_ = (expr); \
+    if (!status_.empty()) return status_; \
   } while (0)
 
 constexpr int kTile = 32;      // transpose tile edge
@@ -131,34 +139,17 @@ __global__ void unpack_kernel(const float* __restrict__ planes, T* __restrict__ 
   }
 }
 
-__device__ __forceinline__ float2 cmul(float2 a, float2 b) {
-  return make_float2(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
-}
-
-__device__ __forceinline__ float2 conj(float2 a) { return make_float2(a.x, -a.y); }
-
-__device__ __forceinline__ bool is_self_conjugate_bin(int k, int W) {
-  return k == 0 || 2 * k == W;
-}
-
-// K[h, k, c] (conjugated for the backward) from the (H, Wk, C, 2) weight.
-__device__ __forceinline__ float2 load_gate(const float* weight, int h, int k, int c, int Wk,
-                                            int C, bool conjugate) {
-  const float* p = weight + ((static_cast<int64_t>(h) * Wk + k) * C + c) * 2;
-  return make_float2(p[0], conjugate ? -p[1] : p[1]);
-}
-
 // out[h, k] = spec[h, k] * K[h, k] * scale for one (b, c) plane of the half spectrum
 // (H, Wk), with the DC/Nyquist columns replaced by their Hermitian part along H.
 __device__ __forceinline__ float2 gated_bin(const float2* plane, const float* weight, int h,
                                             int k, int c, int H, int W, int C, float scale,
                                             bool conjugate) {
   const int Wk = W / 2 + 1;
-  float2 v = cmul(plane[h * Wk + k], load_gate(weight, h, k, c, Wk, C, conjugate));
-  if (is_self_conjugate_bin(k, W)) {
-    const int hn = h == 0 ? 0 : H - h;
-    const float2 mirror = cmul(plane[hn * Wk + k], load_gate(weight, hn, k, c, Wk, C, conjugate));
-    v = make_float2(0.5f * (v.x + mirror.x), 0.5f * (v.y - mirror.y));
+  float2 v = gate::complex_mul(plane[h * Wk + k], gate::load_weight(weight, h, k, c, Wk, C, conjugate));
+  if (gate::is_self_conjugate_bin(k, W)) {
+    const int hn = gate::mirror_row(h, H);
+    v = gate::hermitian_part(
+        v, gate::complex_mul(plane[hn * Wk + k], gate::load_weight(weight, hn, k, c, Wk, C, conjugate)));
   }
   return make_float2(v.x * scale, v.y * scale);
 }
@@ -199,12 +190,12 @@ __global__ void gate_backward_kernel(const float2* x_spec, const float2* __restr
     float2 acc = make_float2(0.f, 0.f);
     for (int64_t b = 0; b < B; ++b) {
       const int64_t plane = (b * C + c) * per_plane;
-      const float2 prod = cmul(conj(x_spec[plane + hk]), dy_spec[plane + hk]);
+      const float2 prod = gate::complex_mul(gate::complex_conj(x_spec[plane + hk]), dy_spec[plane + hk]);
       acc.x += prod.x;
       acc.y += prod.y;
       out[plane + hk] = gated_bin(dy_spec + plane, weight, h, k, c, H, W, C, scale, true);
     }
-    const float ck = is_self_conjugate_bin(k, W) ? scale : 2.f * scale;
+    const float ck = gate::column_weight(k, W) * scale;
     float* g = grad_weight + ((static_cast<int64_t>(h) * Wk + k) * C + c) * 2;
     g[0] = ck * acc.x;
     g[1] = ck * acc.y;
@@ -228,11 +219,14 @@ struct PlanPair {
   }
 };
 
-using PlanKey = std::tuple<int, int64_t, int64_t, int64_t>;  // device, planes, H, W
+// device, planes (B*C), H, W. The plans work in fp32 whatever the dtype (the pack and unpack
+// kernels convert), and the stream is set at each execution, so one entry serves every
+// stream and dtype.
+using PlanKey = std::tuple<int, int64_t, int64_t, int64_t>;
 
 std::mutex cache_mutex;
-std::map<PlanKey, std::unique_ptr<PlanPair>>& plan_cache() {
-  static auto* cache = new std::map<PlanKey, std::unique_ptr<PlanPair>>();
+PlanCache<PlanKey, PlanPair>& plan_cache() {
+  static auto* cache = new PlanCache<PlanKey, PlanPair>(kMaxCachedPlans);
   return *cache;
 }
 
@@ -247,26 +241,34 @@ Status make_plan(cufftHandle* plan, bool* created, cufftType type, int64_t plane
   return Status();
 }
 
-// The cached plans for this shape on the current device, created on first use.
-Status get_plans(int64_t planes, int64_t H, int64_t W, PlanPair** out) {
+std::string shape_words(int64_t planes, int64_t H, int64_t W) {
+  return "H=" + std::to_string(H) + ", W=" + std::to_string(W) + ", B*C=" + std::to_string(planes);
+}
+
+// Evicted plans may still be read by queued kernels: let the device finish first.
+void finish_device_work() { cudaDeviceSynchronize(); }
+
+// The cached plans for this shape on the current device, created on first use outside graph
+// capture. A failure is returned, never cached: the next call tries again.
+Status get_plans(int64_t planes, int64_t H, int64_t W, cudaStream_t stream,
+                 std::shared_ptr<PlanPair>* out) {
   int device = 0;
   SPECTFORMER_CUDA_TRY(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(cache_mutex);
-  auto& cache = plan_cache();
   const PlanKey key{device, planes, H, W};
-  auto it = cache.find(key);
-  if (it == cache.end()) {
-    auto plans = std::make_unique<PlanPair>();
-    size_t r2c_bytes = 0, c2r_bytes = 0;
-    Status s = make_plan(&plans->r2c, &plans->has_r2c, CUFFT_R2C, planes, H, W, &r2c_bytes);
-    if (s.empty()) {
-      s = make_plan(&plans->c2r, &plans->has_c2r, CUFFT_C2R, planes, H, W, &c2r_bytes);
-    }
-    if (!s.empty()) return "creating the cuFFT plans: " + s;
-    plans->work_bytes = std::max(r2c_bytes, c2r_bytes);
-    it = cache.emplace(key, std::move(plans)).first;
-  }
-  *out = it->second.get();
+  *out = plan_cache().find(key);
+  if (*out) return Status();
+  bool capturing = false;
+  SPECTFORMER_RETURN_IF_ERROR(stream_is_capturing(stream, &capturing));
+  if (capturing) return no_plans_during_capture(shape_words(planes, H, W));
+  auto plans = std::make_shared<PlanPair>();
+  size_t r2c_bytes = 0, c2r_bytes = 0;
+  Status s = make_plan(&plans->r2c, &plans->has_r2c, CUFFT_R2C, planes, H, W, &r2c_bytes);
+  if (s.empty()) s = make_plan(&plans->c2r, &plans->has_c2r, CUFFT_C2R, planes, H, W, &c2r_bytes);
+  if (!s.empty()) return "creating the cuFFT plans for " + shape_words(planes, H, W) + ": " + s;
+  plans->work_bytes = std::max(r2c_bytes, c2r_bytes);
+  plan_cache().insert(key, plans, finish_device_work);
+  *out = plans;
   return Status();
 }
 
@@ -377,11 +379,6 @@ Status check_sizes(const GateShape& s) {
   return Status();
 }
 
-#define SPECTFORMER_RETURN_IF_ERROR(expr) \
-  do {                                    \
-    ::spectformer::Status status_ = (expr); \
-    if (!status_.empty()) return status_; \
-  } while (0)
 
 // ---- cuFFT LTO callback plans ------------------------------------------------------------
 
@@ -408,16 +405,29 @@ struct CallbackPlans {
   }
 };
 
-// device, stream, planes, H, W, dtype
+// device, stream, planes, H, W, dtype: a plan's parameter block is rewritten in stream order
+// before each exec, which is only safe for execs on one stream.
 using CallbackKey = std::tuple<int, uintptr_t, int64_t, int64_t, int64_t, int>;
+// device, planes, H, W, dtype: where callback plans could not be linked at all.
+using CallbackShapeKey = std::tuple<int, int64_t, int64_t, int64_t, int>;
 
 std::mutex callback_cache_mutex;
 std::string first_callback_failure;  // guarded by callback_cache_mutex
-// A null entry records that making the plans failed here, so the fallback is used without
-// retrying on every call.
-std::map<CallbackKey, std::unique_ptr<CallbackPlans>>& callback_plan_cache() {
-  static auto* cache = new std::map<CallbackKey, std::unique_ptr<CallbackPlans>>();
+PlanCache<CallbackKey, CallbackPlans>& callback_plan_cache() {
+  static auto* cache = new PlanCache<CallbackKey, CallbackPlans>(kMaxCachedPlans);
   return *cache;
+}
+// Shapes whose callback plans failed for a lasting reason (cuFFT could not link the
+// callbacks), so the gate-kernel path is used without retrying; allocation failures are not
+// recorded here and are retried on the next call.
+std::map<CallbackShapeKey, std::string>& callbacks_unavailable() {
+  static auto* failures = new std::map<CallbackShapeKey, std::string>();
+  return *failures;
+}
+
+bool is_transient_failure(const Status& s) {
+  return s.find("ALLOC_FAILED") != std::string::npos ||
+         s.find("cudaErrorMemoryAllocation") != std::string::npos;
 }
 
 // SPECTFORMER_CUFFT_CALLBACKS=0 at run time forces the kernel path (for comparisons).
@@ -452,7 +462,11 @@ Status set_jit_callback(cufftHandle plan, const char* name, cufftXtCallbackType 
 // Callbacks must be attached after cufftCreate and before the planning call.
 Status make_callback_plans(CallbackPlans* p, ScalarType dtype, int64_t planes, int64_t H,
                            int64_t W) {
-  SPECTFORMER_CUDA_TRY(cudaMalloc(&p->params, kCallbackPlans * sizeof(CallbackParams)));
+  const cudaError_t allocated = cudaMalloc(&p->params, kCallbackPlans * sizeof(CallbackParams));
+  if (allocated != cudaSuccess) {
+    cudaGetLastError();  // clears exactly this (non-sticky) allocation error
+    return cuda_status(allocated, "cudaMalloc of the callback parameter blocks");
+  }
   for (int i = 0; i < kCallbackPlans; ++i) {
     SPECTFORMER_CUFFT_TRY(cufftCreate(&p->plan[i]));
     p->created[i] = true;
@@ -481,29 +495,39 @@ Status make_callback_plans(CallbackPlans* p, ScalarType dtype, int64_t planes, i
   return Status();
 }
 
-// The callback plans for this call, or null where they are disabled or cannot be made here
-// (e.g. no nvJitLink at run time, or a driver too old for the embedded LTO-IR).
-CallbackPlans* get_callback_plans(const GateShape& s, ScalarType dtype, cudaStream_t stream) {
-  if (callbacks_disabled_by_env()) return nullptr;
+// The callback plans for this call in *out, or null where they are disabled, cannot be made
+// here (e.g. no nvJitLink at run time, or a driver too old for the embedded LTO-IR), or
+// would have to be made during graph capture: the caller then uses the gate-kernel path.
+// Errors that are not about callbacks (a pending error from earlier work) are returned.
+Status get_callback_plans(const GateShape& s, ScalarType dtype, cudaStream_t stream,
+                          std::shared_ptr<CallbackPlans>* out) {
+  *out = nullptr;
+  if (callbacks_disabled_by_env()) return Status();
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return nullptr;
+  SPECTFORMER_CUDA_TRY(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(callback_cache_mutex);
-  auto& cache = callback_plan_cache();
-  const CallbackKey key{device, reinterpret_cast<uintptr_t>(stream), s.batch * s.channels,
-                        s.height, s.width, static_cast<int>(dtype)};
-  auto it = cache.find(key);
-  if (it == cache.end()) {
-    auto plans = std::make_unique<CallbackPlans>();
-    const Status made = make_callback_plans(plans.get(), dtype, s.batch * s.channels, s.height,
-                                            s.width);
-    if (!made.empty()) {
-      if (first_callback_failure.empty()) first_callback_failure = made;
-      plans.reset();
-      cudaGetLastError();  // a failed cudaMalloc must not surface at the next launch check
-    }
-    it = cache.emplace(key, std::move(plans)).first;
+  const int64_t planes = s.batch * s.channels;
+  const CallbackKey key{device, reinterpret_cast<uintptr_t>(stream), planes, s.height, s.width,
+                        static_cast<int>(dtype)};
+  *out = callback_plan_cache().find(key);
+  if (*out) return Status();
+  const CallbackShapeKey shape_key{device, planes, s.height, s.width, static_cast<int>(dtype)};
+  if (callbacks_unavailable().count(shape_key)) return Status();
+  bool capturing = false;
+  SPECTFORMER_RETURN_IF_ERROR(stream_is_capturing(stream, &capturing));
+  if (capturing) return Status();
+  // A pending error would make the plan calls fail for a reason unrelated to callbacks.
+  SPECTFORMER_CUDA_TRY(cudaPeekAtLastError());
+  auto plans = std::make_shared<CallbackPlans>();
+  const Status made = make_callback_plans(plans.get(), dtype, planes, s.height, s.width);
+  if (!made.empty()) {
+    if (first_callback_failure.empty()) first_callback_failure = made;
+    if (!is_transient_failure(made)) callbacks_unavailable()[shape_key] = made;
+    return Status();
   }
-  return it->second.get();
+  callback_plan_cache().insert(key, plans, finish_device_work);
+  *out = plans;
+  return Status();
 }
 
 __global__ void set_callback_params_kernel(CallbackParams* dst, CallbackParams value) {
@@ -583,16 +607,25 @@ Status backward_with_callbacks(CallbackPlans* p, const GateShape& s, const void*
 Status plan_work_bytes(const GateShape& s, ScalarType dtype, cudaStream_t stream,
                        size_t* work_bytes) {
 #if SPECTFORMER_CUFFT_LTO_CALLBACKS
-  if (CallbackPlans* cb = get_callback_plans(s, dtype, stream)) {
+  std::shared_ptr<CallbackPlans> cb;
+  SPECTFORMER_RETURN_IF_ERROR(get_callback_plans(s, dtype, stream, &cb));
+  if (cb) {
+    // Outside capture, also make the plain plans: a later capture on another stream (whose
+    // callback plans cannot be made then) runs the gate-kernel path on them.
+    bool capturing = false;
+    SPECTFORMER_RETURN_IF_ERROR(stream_is_capturing(stream, &capturing));
+    if (!capturing) {
+      std::shared_ptr<PlanPair> plans;
+      SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, stream, &plans));
+    }
     *work_bytes = cb->work_bytes;
     return Status();
   }
 #else
   (void)dtype;
-  (void)stream;
 #endif
-  PlanPair* plans = nullptr;
-  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, &plans));
+  std::shared_ptr<PlanPair> plans;
+  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, stream, &plans));
   *work_bytes = plans->work_bytes;
   return Status();
 }
@@ -602,15 +635,17 @@ Status forward_impl(const GateShape& s, ScalarType dtype, const void* x, Strides
                     const float* weight, void* y, void* workspace, size_t workspace_bytes,
                     cudaStream_t stream) {
 #if SPECTFORMER_CUFFT_LTO_CALLBACKS
-  if (CallbackPlans* cb = get_callback_plans(s, dtype, stream)) {
+  std::shared_ptr<CallbackPlans> cb;
+  SPECTFORMER_RETURN_IF_ERROR(get_callback_plans(s, dtype, stream, &cb));
+  if (cb) {
     SPECTFORMER_RETURN_IF_ERROR(validate_workspace(s, cb->work_bytes, workspace, workspace_bytes));
-    return forward_with_callbacks(cb, s, x, xs, weight, y, carve(s, workspace), stream);
+    return forward_with_callbacks(cb.get(), s, x, xs, weight, y, carve(s, workspace), stream);
   }
 #else
   (void)dtype;
 #endif
-  PlanPair* plans = nullptr;
-  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, &plans));
+  std::shared_ptr<PlanPair> plans;
+  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, stream, &plans));
   SPECTFORMER_RETURN_IF_ERROR(
       validate_workspace(s, plans->work_bytes, workspace, workspace_bytes));
   const Scratch sc = carve(s, workspace);
@@ -618,12 +653,12 @@ Status forward_impl(const GateShape& s, ScalarType dtype, const void* x, Strides
   const float scale = 1.f / static_cast<float>(s.height * s.width);
 
   SPECTFORMER_RETURN_IF_ERROR(pack<T>(s, x, xs, sc.planes, stream));
-  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans, sc.planes, sc.spec_a, sc.work, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans.get(), sc.planes, sc.spec_a, sc.work, stream));
   SPECTFORMER_LAUNCH(gate_forward_kernel, elementwise_blocks(bins), kThreads, 0, stream,
       sc.spec_a, weight, sc.spec_b, s.batch * s.channels, static_cast<int>(s.height),
       static_cast<int>(s.width), static_cast<int>(s.channels), scale);
   SPECTFORMER_LAUNCH_CHECK("gate_forward_kernel");
-  SPECTFORMER_RETURN_IF_ERROR(exec_c2r(plans, sc.spec_b, sc.planes, sc.work, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_c2r(plans.get(), sc.spec_b, sc.planes, sc.work, stream));
   return unpack<T>(s, sc.planes, y, stream);
 }
 
@@ -633,16 +668,18 @@ Status backward_impl(const GateShape& s, ScalarType dtype, const void* grad_y, S
                      float* grad_weight, void* workspace, size_t workspace_bytes,
                      cudaStream_t stream) {
 #if SPECTFORMER_CUFFT_LTO_CALLBACKS
-  if (CallbackPlans* cb = get_callback_plans(s, dtype, stream)) {
+  std::shared_ptr<CallbackPlans> cb;
+  SPECTFORMER_RETURN_IF_ERROR(get_callback_plans(s, dtype, stream, &cb));
+  if (cb) {
     SPECTFORMER_RETURN_IF_ERROR(validate_workspace(s, cb->work_bytes, workspace, workspace_bytes));
-    return backward_with_callbacks(cb, s, grad_y, gs, x, xs, weight, grad_x, grad_weight,
+    return backward_with_callbacks(cb.get(), s, grad_y, gs, x, xs, weight, grad_x, grad_weight,
                                    carve(s, workspace), stream);
   }
 #else
   (void)dtype;
 #endif
-  PlanPair* plans = nullptr;
-  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, &plans));
+  std::shared_ptr<PlanPair> plans;
+  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, stream, &plans));
   SPECTFORMER_RETURN_IF_ERROR(
       validate_workspace(s, plans->work_bytes, workspace, workspace_bytes));
   const Scratch sc = carve(s, workspace);
@@ -650,15 +687,15 @@ Status backward_impl(const GateShape& s, ScalarType dtype, const void* grad_y, S
   const float scale = 1.f / static_cast<float>(s.height * s.width);
 
   SPECTFORMER_RETURN_IF_ERROR(pack<T>(s, x, xs, sc.planes, stream));
-  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans, sc.planes, sc.spec_a, sc.work, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans.get(), sc.planes, sc.spec_a, sc.work, stream));
   SPECTFORMER_RETURN_IF_ERROR(pack<T>(s, grad_y, gs, sc.planes, stream));
-  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans, sc.planes, sc.spec_b, sc.work, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans.get(), sc.planes, sc.spec_b, sc.work, stream));
   // G overwrites X in place: each bin of X is read (for dK) by the thread that writes it.
   SPECTFORMER_LAUNCH(gate_backward_kernel, elementwise_blocks(weight_bins), kThreads, 0, stream,
       sc.spec_a, sc.spec_b, weight, sc.spec_a, grad_weight, s.batch, static_cast<int>(s.height),
       static_cast<int>(s.width), static_cast<int>(s.channels), scale);
   SPECTFORMER_LAUNCH_CHECK("gate_backward_kernel");
-  SPECTFORMER_RETURN_IF_ERROR(exec_c2r(plans, sc.spec_a, sc.planes, sc.work, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_c2r(plans.get(), sc.spec_a, sc.planes, sc.work, stream));
   return unpack<T>(s, sc.planes, grad_x, stream);
 }
 

@@ -1,4 +1,5 @@
-"""Where cuFFT's headers and library are: the CUDA toolkit, else an ``nvidia-cufft`` wheel.
+"""Where cuFFT's headers and library are (the CUDA toolkit, else an ``nvidia-cufft`` wheel), and
+cuFFTDx's headers (the ``nvidia-mathdx`` wheel).
 
 Plain Python with no dependencies, so ``setup.py`` and the compile-check test can both load
 it by path. CUDA 13 toolkits installed without the math libraries (and CI machines that
@@ -52,6 +53,23 @@ def find_cufft(cuda_home: Optional[str] = None) -> Optional[CufftLocation]:
             lib_dir = header.parent.parent / "lib"
             name = _library_in(lib_dir)
             return CufftLocation(header.parent, lib_dir if name else None, name)
+    return None
+
+
+# ---- cuFFTDx (header-only, from the nvidia-mathdx wheel) ---------------------------------------
+
+
+def find_cufftdx() -> Optional[list[Path]]:
+    """Include folders for cuFFTDx (``cufftdx.hpp`` and the CUTLASS headers it uses) from the
+    ``nvidia-mathdx`` wheel, or from ``MATHDX_ROOT``; None if neither has them."""
+    roots = []
+    if os.environ.get("MATHDX_ROOT"):
+        roots.append(Path(os.environ["MATHDX_ROOT"]))
+    roots += [root / "mathdx" for root in _wheel_roots()]
+    for root in roots:
+        include, cutlass = root / "include", root / "external" / "cutlass" / "include"
+        if (include / "cufftdx.hpp").exists() and cutlass.is_dir():
+            return [include, cutlass]
     return None
 
 

@@ -24,6 +24,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "gate_rules.cuh"
 
 namespace spectformer {
 namespace {
@@ -45,10 +46,6 @@ struct Twiddles {
 
 __device__ __forceinline__ int spec_index(const TileDims& d, int h, int k, int part, int cc) {
   return ((h * d.Wk + k) * 2 + part) * d.CB + cc;
-}
-
-__device__ __forceinline__ bool is_self_conjugate_bin(int k, int W) {
-  return k == 0 || 2 * k == W;  // DC, and Nyquist when W is even
 }
 
 // Tables in double then rounded, so sin(pi) and friends are exactly zero.
@@ -156,7 +153,7 @@ __device__ void inverse_along_w_store(const float* spec, T* __restrict__ dst, in
     int t = 0;  // (k * w) mod W
     for (int k = 0; k < d.Wk; ++k) {
       const float z_re = spec[spec_index(d, h, k, 0, cc)];
-      if (is_self_conjugate_bin(k, d.W)) {
+      if (gate::is_self_conjugate_bin(k, d.W)) {
         acc = fmaf(z_re, tw.cos_w[t], acc);
       } else {
         const float z_im = spec[spec_index(d, h, k, 1, cc)];
@@ -204,7 +201,7 @@ struct AccumulateGradWeightThenGate {
     const int i_im = spec_index(d, h, k, 1, cc);
     const float x_re = x_spec[i_re];
     const float x_im = x_spec[i_im];
-    const float ck = is_self_conjugate_bin(k, d.W) ? gate.scale : 2.f * gate.scale;
+    const float ck = spectformer::gate::column_weight(k, d.W) * gate.scale;
     dk[i_re] = fmaf(ck, x_re * re + x_im * im, dk[i_re]);
     dk[i_im] = fmaf(ck, x_re * im - x_im * re, dk[i_im]);
     gate(0, h, k, cc, re, im);

@@ -31,7 +31,7 @@ register_backend(Backend(
 # Optional kernel backends register themselves; each imports cleanly without its
 # dependency and then reports itself unavailable, saying why.
 from . import triton_backend  # noqa: E402,F401  registers "triton"
-from . import cuda_backend  # noqa: E402,F401  registers "cuda", "cuda_fused", "cuda_cufft"
+from . import cuda_backend  # noqa: E402,F401  registers "cuda", "cuda_cufftdx", "cuda_fused", "cuda_cufft"
 
 __all__ = [
     "Backend",

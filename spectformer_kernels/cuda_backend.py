@@ -1,7 +1,12 @@
 """The ``cuda`` backend: the compiled extension ``spectformer_kernels._C`` (sources in ``csrc/``).
 
-Two implementations live in the extension:
+Three implementations live in the extension:
 
+* ``cufftdx``: one kernel per direction for the model grids (square 7, 12, 14, 24, 28, 48, 56:
+  ``CUFFTDX_GRIDS``), on cuFFTDx thread FFTs with compile-time H and W. A block owns a tile of
+  channels and walks the batch: 16-byte loads of the channels-last tile, a real FFT along W
+  (two channels as one complex FFT), a complex FFT along H, the gate, the inverses, one
+  store; ``dK`` summed over fixed batch chunks in a fixed order.
 * ``fused``: one kernel per direction for grids up to 64x64 (a tile of channels in shared
   memory, the DFTs as sums over twiddle tables, gate, inverse; ``x`` read once, ``y`` written
   once; ``dK`` summed over fixed batch chunks in a fixed order, so it is bitwise
@@ -13,8 +18,8 @@ Two implementations live in the extension:
   ``SPECTFORMER_CUFFT_CALLBACKS=0`` in the environment, a gate kernel runs between the
   transforms, with transposing pack/unpack kernels for the channels-last layout.
 
-The ``cuda`` backend picks one per shape (``cuda_path``); ``cuda_fused`` and ``cuda_cufft``
-force one, so benchmarks and tests can see each on its own. The extension registers its
+The ``cuda`` backend picks one per shape (``cuda_path``); ``cuda_cufftdx``, ``cuda_fused`` and
+``cuda_cufft`` force one, so benchmarks and tests can see each on its own. The extension registers its
 own low-level ops ``torch.ops.spectformer_cuda.spectral_gate_forward/backward`` (CUDA and
 Meta kernels, no autograd); these functions call them from inside the public
 ``spectformer::spectral_gate`` op, which keeps the one public schema, its fake kernel and
@@ -51,6 +56,11 @@ except (ImportError, OSError) as error:  # built, but it or its CUDA libraries d
 else:
     _LOAD_ERROR = None
 
+# Grids the cuFFTDx kernels are compiled for (mirrored from the extension; the source's list
+# where the extension is absent, so that the dispatch rule stays testable).
+SOURCE_CUFFTDX_GRIDS = ((7, 7), (12, 12), (14, 14), (24, 24), (28, 28), (48, 48), (56, 56))
+CUFFTDX_GRIDS = SOURCE_CUFFTDX_GRIDS if _C is None else tuple(
+    tuple(g) for g in getattr(_C, "cufftdx_grids", ()))
 # Largest H and W the fused kernels take (their twiddle tables), mirrored from the extension.
 FUSED_MAX_SIZE = 64 if _C is None else int(_C.fused_max_size)
 # Whether the extension was built with the cuFFT LTO callbacks.
@@ -73,7 +83,12 @@ X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def cuda_path(height: int, width: int) -> str:
-    """The implementation the ``cuda`` backend runs for an ``(H, W)`` grid."""
+    """The implementation the ``cuda`` backend runs for an ``(H, W)`` grid: the cuFFTDx kernel
+    where one is compiled (the static GPU model puts it near the HBM floor, far below the
+    others; to be confirmed by measurement), else the direct-DFT kernel for small grids and
+    cuFFT above."""
+    if (height, width) in CUFFTDX_GRIDS:
+        return "cufftdx"
     return "fused" if max(height, width) <= FUSED_MAX_SIDE_FOR_AUTO else "cufft"
 
 
@@ -91,6 +106,14 @@ def supports(x: torch.Tensor, weight: torch.Tensor) -> Reason:
     if x.dtype not in X_DTYPES:
         return f"it takes float32, bfloat16 or float16 x, got {x.dtype}"
     return None
+
+
+def supports_cufftdx(x: torch.Tensor, weight: torch.Tensor) -> Reason:
+    reason = supports(x, weight)
+    if reason is None and (x.shape[1], x.shape[2]) not in CUFFTDX_GRIDS:
+        grids = ", ".join(f"{h}x{w}" for h, w in CUFFTDX_GRIDS) or "none (built without cuFFTDx)"
+        reason = f"the cuFFTDx kernels are compiled for the grids {grids}, got {x.shape[1]}x{x.shape[2]}"
+    return reason
 
 
 def supports_fused(x: torch.Tensor, weight: torch.Tensor) -> Reason:
@@ -122,8 +145,16 @@ def spectral_gate_cuda_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: t
 
 register_backend(Backend(
     "cuda", spectral_gate_cuda, spectral_gate_cuda_backward,
-    "CUDA C++ extension: fused in-kernel DFT for small grids, cuFFT with a fused gate above",
+    "CUDA C++ extension: cuFFTDx fused kernel on the model grids, direct DFT for other small "
+    "grids, cuFFT with a fused gate above",
     availability, supports,
+))
+register_backend(Backend(
+    "cuda_cufftdx",
+    lambda x, weight: _forward(x, weight, "cufftdx"),
+    lambda grad_y, x, weight: _backward(grad_y, x, weight, "cufftdx"),
+    "CUDA C++ extension, cuFFTDx fused kernel only (the compiled model grids)",
+    availability, supports_cufftdx,
 ))
 register_backend(Backend(
     "cuda_fused",

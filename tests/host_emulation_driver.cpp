@@ -4,7 +4,7 @@
 //
 //   driver PATH DTYPE ORDER B H W C XS_B XS_H XS_W XS_C GS_B GS_H GS_W GS_C SMS SHARED DIR
 //
-// PATH fused|cufft; DTYPE f32|bf16|f16; ORDER 0|1|2 (thread order, see host_cuda.h);
+// PATH fused|cufftdx|cufft; DTYPE f32|bf16|f16; ORDER 0|1|2 (thread order, see host_cuda.h);
 // XS/GS element strides of x and dy inside the raw buffers DIR/x.bin and DIR/dy.bin; SMS
 // and SHARED the emulated device's SM count and opt-in shared memory per block. Reads
 // DIR/k.bin (fp32 (H, W//2+1, C, 2)); writes DIR/y.bin and DIR/dx.bin (DTYPE, contiguous
@@ -97,6 +97,34 @@ int main(int argc, char** argv) {
   void* dx_ptr = poisoned(dx, out_bytes);
   float* dk_ptr = static_cast<float*>(poisoned(dk, dk_bytes));
 
+  // SPECTFORMER_EMU_PLAN_SWEEP=N: first ask the cuFFT path for the workspace of N other grids
+  // (1, n, 2, 1), which makes and caches their plans (the plan cache's bound is then visible in
+  // the live plan count printed at the end).
+  if (const char* sweep = std::getenv("SPECTFORMER_EMU_PLAN_SWEEP")) {
+    for (int n = 1; n <= std::atoi(sweep); ++n) {
+      size_t ws = 0;
+      check(spectformer::cufft_forward_workspace_bytes(spectformer::GateShape{1, 100 + n, 2, 1},
+                                                       dtype, nullptr, &ws),
+            "cufft_forward_workspace_bytes (sweep)");
+    }
+  }
+  // SPECTFORMER_EMU_CAPTURE: "cold" runs everything as if the stream were capturing a CUDA
+  // graph from the start; "warm" runs once normally (the warm-up that makes the plans), then
+  // again capturing on another stream. Outputs are those of the last run.
+  const char* capture = std::getenv("SPECTFORMER_EMU_CAPTURE");
+  const std::string capture_mode = capture ? capture : "";
+  cudaStream_t stream = nullptr;
+  int runs = 1;
+  if (capture_mode == "cold") spectformer_emu::capturing = true;
+  if (capture_mode == "warm") runs = 2;
+  for (int run = 0; run < runs; ++run) {
+  if (run == 1) {
+    spectformer_emu::capturing = true;
+    stream = reinterpret_cast<cudaStream_t>(uintptr_t{0x100});  // the capture's own stream
+    std::memset(y_ptr, 0xff, out_bytes);
+    std::memset(dx_ptr, 0xff, out_bytes);
+    std::memset(dk_ptr, 0xff, dk_bytes);
+  }
   if (path == "fused") {
     check(spectformer::fused_forward(s, dtype, x.data, xs, weight, y_ptr, max_shared, nullptr),
           "fused_forward");
@@ -105,21 +133,34 @@ int main(int argc, char** argv) {
     check(spectformer::fused_backward(s, dtype, dy.data, gs, x.data, xs, weight, dx_ptr, dk_ptr,
                                       ws_ptr, num_sms, max_shared, nullptr),
           "fused_backward");
+  } else if (path == "cufftdx") {
+    check(spectformer::cufftdx_forward(s, dtype, x.data, xs, weight, y_ptr, num_sms, nullptr),
+          "cufftdx_forward");
+    size_t ws = 0;
+    check(spectformer::cufftdx_backward_workspace_bytes(s, num_sms, &ws),
+          "cufftdx_backward_workspace_bytes");
+    void* ws_ptr = ws ? poisoned(ws_bwd, ws) : nullptr;
+    check(spectformer::cufftdx_backward(s, dtype, dy.data, gs, x.data, xs, weight, dx_ptr, dk_ptr,
+                                        ws_ptr, ws, num_sms, nullptr),
+          "cufftdx_backward");
   } else if (path == "cufft") {
     size_t ws = 0;
-    check(spectformer::cufft_forward_workspace_bytes(s, dtype, nullptr, &ws), "cufft_forward_workspace_bytes");
+    check(spectformer::cufft_forward_workspace_bytes(s, dtype, stream, &ws), "cufft_forward_workspace_bytes");
     void* ws_ptr = ws ? poisoned(ws_fwd, ws) : nullptr;
-    check(spectformer::cufft_forward(s, dtype, x.data, xs, weight, y_ptr, ws_ptr, ws, nullptr),
+    check(spectformer::cufft_forward(s, dtype, x.data, xs, weight, y_ptr, ws_ptr, ws, stream),
           "cufft_forward");
-    check(spectformer::cufft_backward_workspace_bytes(s, dtype, nullptr, &ws), "cufft_backward_workspace_bytes");
+    check(spectformer::cufft_backward_workspace_bytes(s, dtype, stream, &ws), "cufft_backward_workspace_bytes");
     ws_ptr = ws ? poisoned(ws_bwd, ws) : nullptr;
     check(spectformer::cufft_backward(s, dtype, dy.data, gs, x.data, xs, weight, dx_ptr, dk_ptr,
-                                      ws_ptr, ws, nullptr),
+                                      ws_ptr, ws, stream),
           "cufft_backward");
   } else {
     die("unknown path " + path);
   }
+  }
   std::printf("cuFFT execs with callbacks: %d\n", spectformer_emu::execs_with_callbacks);
+  std::printf("live cuFFT plans: %d\n", spectformer_emu::live_plans());
+  std::printf("device synchronizations: %d\n", spectformer_emu::device_synchronizations);
   write_file(dir + "/y.bin", y_ptr, out_bytes);
   write_file(dir + "/dx.bin", dx_ptr, out_bytes);
   write_file(dir + "/dk.bin", dk_ptr, dk_bytes);

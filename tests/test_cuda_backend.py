@@ -25,7 +25,7 @@ from spectformer_kernels import cuda_backend, oracle, spectral_gate
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-CUDA_BACKENDS = ["cuda", "cuda_fused", "cuda_cufft"]
+CUDA_BACKENDS = ["cuda", "cuda_cufftdx", "cuda_fused", "cuda_cufft"]
 
 
 # ---- compile checks (no GPU, no CUDA torch needed) -------------------------------------------
@@ -69,6 +69,15 @@ def test_kernel_sources_are_torch_free():
         assert not torch_headers, f"{source.name} includes torch headers {torch_headers}"
 
 
+def _uses_cufftdx(source: Path) -> bool:
+    return "thread_fft.cuh" in _includes(source)
+
+
+# The cuFFTDx kernels compiled in the quick per-file check (each grid costs 10-60 s of nvcc);
+# test_cufftdx_kernels_have_no_spills compiles the others.
+CUFFTDX_QUICK_GRID = 7
+
+
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
 def test_cuda_source_compiles_for_sm90(source, tmp_path):
     nvcc = _nvcc()
@@ -76,6 +85,13 @@ def test_cuda_source_compiles_for_sm90(source, tmp_path):
         pytest.skip("nvcc not found (install a CUDA toolkit or set CUDA_HOME)")
     command = [nvcc, "-arch=sm_90", "-std=c++17", "-O1", "-Werror", "all-warnings",
                "-I", str(CSRC), "-c", str(source), "-o", str(tmp_path / "out.o")]
+    if _uses_cufftdx(source):
+        includes = _cufft_paths().find_cufftdx()
+        if includes is None:
+            pytest.skip("cuFFTDx headers not found (the nvidia-mathdx wheel, 'test' extra)")
+        # -isystem: the library's own headers are not held to this project's -Werror.
+        command[1:1] = [f"-DSPECTFORMER_CUFFTDX_ONLY_GRID={CUFFTDX_QUICK_GRID}",
+                        *(arg for folder in includes for arg in ("-isystem", str(folder)))]
     if any(h.startswith("cufft") for h in _includes(source)):
         include = _cufft_include()
         if include is None:
@@ -84,6 +100,49 @@ def test_cuda_source_compiles_for_sm90(source, tmp_path):
         command[1:1] = ["-I", str(include)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"nvcc failed on {source.name}:\n{result.stdout}{result.stderr}"
+
+
+# The whole cuFFTDx file, every grid, as the extension build compiles it (about 30 s of nvcc
+# on one core): no kernel may spill.
+def _ptxas_report(nvcc, tmp_path):
+    includes = _cufft_paths().find_cufftdx()
+    command = [nvcc, "-arch=sm_90a", "-std=c++17", "-O3", "-Xptxas", "-v", "-I", str(CSRC),
+               *(arg for folder in includes for arg in ("-isystem", str(folder))),
+               "-c", str(CSRC / "cufftdx_gate.cu"), "-o", str(tmp_path / "cufftdx_gate.o")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"nvcc failed:\n{result.stdout}{result.stderr}"
+    return result.stderr
+
+
+def parse_ptxas(report: str) -> dict:
+    """{kernel name: (registers, spill store bytes, spill load bytes)} from ptxas -v output."""
+    kernels, name = {}, None
+    for line in report.splitlines():
+        entry = re.search(r"Compiling entry function '(\S+)'", line)
+        if entry:
+            name = entry.group(1)
+        spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if spill and name:
+            kernels[name] = [None, int(spill.group(1)), int(spill.group(2))]
+        regs = re.search(r"Used (\d+) registers", line)
+        if regs and name in kernels:
+            kernels[name][0] = int(regs.group(1))
+    return {k: tuple(v) for k, v in kernels.items()}
+
+
+@pytest.mark.slow
+def test_cufftdx_kernels_have_no_spills(tmp_path):
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (install a CUDA toolkit or set CUDA_HOME)")
+    if _cufft_paths().find_cufftdx() is None:
+        pytest.skip("cuFFTDx headers not found (the nvidia-mathdx wheel, 'test' extra)")
+    kernels = parse_ptxas(_ptxas_report(nvcc, tmp_path))
+    gate_kernels = {k: v for k, v in kernels.items()
+                    if "cufftdx_forward_kernel" in k or "cufftdx_backward_kernel" in k}
+    assert len(gate_kernels) == 2 * len(cuda_backend.SOURCE_CUFFTDX_GRIDS), kernels
+    for name, (registers, stores, loads) in gate_kernels.items():
+        assert stores == 0 and loads == 0, f"{name} spills ({stores} B / {loads} B)"
 
 
 def test_cufft_lto_callbacks_compile(tmp_path):
@@ -122,11 +181,33 @@ def test_lto_arch_list():
 
 
 def test_cuda_path_rule():
-    assert cuda_backend.cuda_path(14, 14) == "fused"
-    assert cuda_backend.cuda_path(7, 7) == "fused"
-    assert cuda_backend.cuda_path(28, 28) == "fused"
+    for n in (7, 12, 14, 24, 28, 48, 56):
+        if (n, n) in cuda_backend.CUFFTDX_GRIDS:
+            assert cuda_backend.cuda_path(n, n) == "cufftdx"
+    assert cuda_backend.cuda_path(14, 12) == "fused"
+    assert cuda_backend.cuda_path(20, 20) == "fused"
     assert cuda_backend.cuda_path(32, 33) == "cufft"
-    assert cuda_backend.cuda_path(56, 56) == "cufft"
+    assert cuda_backend.cuda_path(96, 96) == "cufft"
+
+
+def test_cufftdx_tile_table_matches_the_source():
+    """spectformer_kernels.cufftdx_tiles (for the GPU model) mirrors the kernel's table."""
+    from spectformer_kernels import cufftdx_tiles
+
+    source = (CSRC / "cufftdx_gate.cu").read_text()
+    rows = re.findall(r"^SPECTFORMER_GRID\((\d+), (\d+), (\d+), (\d+), (\d+)\)", source, re.M)
+    assert {int(r[0]): tuple(map(int, r[1:])) for r in rows} == cufftdx_tiles.GRID_TILES
+    launch = cufftdx_tiles.tile_launch(56, "backward")
+    assert (launch.channels_per_block, launch.threads, launch.shared_bytes) == (4, 128, 103936)
+    assert cufftdx_tiles.tile_launch(14, "forward").max_registers == 168
+    assert cufftdx_tiles.tile_launch(14, "backward").shared_bytes == 3 * 14 * 8 * 32 * 8
+
+
+def test_cufftdx_grids_match_the_source():
+    """The Python list mirrors the kernel's grid table (csrc/cufftdx_gate.cu)."""
+    source = (CSRC / "cufftdx_gate.cu").read_text()
+    grids = tuple((int(n), int(n)) for n in re.findall(r"^SPECTFORMER_GRID\((\d+),", source, re.M))
+    assert grids == cuda_backend.SOURCE_CUFFTDX_GRIDS
 
 
 def test_backends_registered_and_unavailability_explained():
@@ -150,6 +231,7 @@ def test_supports_explains_why_not():
     meta = torch.empty(1, 80, 80, 2, device="meta")
     meta_weight = torch.empty(80, 41, 2, 2, device="meta")
     assert "CUDA" in cuda_backend.supports_fused(meta, meta_weight)
+    assert "CUDA" in cuda_backend.supports_cufftdx(meta, meta_weight)
 
 
 def _hermitian_part_of_self_conjugate_columns(spec: torch.Tensor, w: int) -> torch.Tensor:
@@ -237,6 +319,9 @@ AWKWARD_SHAPES = [
     (2, 14, 14, 33),
     (1, 12, 16, 10),
     (1, 28, 28, 17),
+    (3, 12, 12, 33),
+    (2, 24, 24, 20),
+    (1, 48, 48, 6),
     (2, 32, 32, 7),
     (1, 56, 56, 9),
     (1, 64, 64, 5),
@@ -257,6 +342,8 @@ def _usable(backend, shape):
     _, h, w, _ = shape
     if backend == "cuda_fused" and max(h, w) > cuda_backend.FUSED_MAX_SIZE:
         pytest.skip(f"cuda_fused takes H, W <= {cuda_backend.FUSED_MAX_SIZE}")
+    if backend == "cuda_cufftdx" and (h, w) not in cuda_backend.CUFFTDX_GRIDS:
+        pytest.skip(f"cuda_cufftdx has no kernel for {h}x{w}")
 
 
 def _poison_allocator(*like: torch.Tensor):
@@ -311,7 +398,7 @@ def test_full_batch_model_shape(backend):
 @needs_cuda_backend
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
-@pytest.mark.parametrize("shape", [(2, 14, 14, 40), (2, 40, 36, 6)], ids=str)
+@pytest.mark.parametrize("shape", [(2, 14, 14, 40), (2, 40, 36, 6), (2, 56, 56, 16)], ids=str)
 def test_strided_inputs(shape, backend):
     """x as a permuted view (channels not innermost) and a sliced view."""
     b, h, w, c = shape
@@ -344,8 +431,9 @@ def test_grad_weight_is_bitwise_reproducible(shape, backend):
 @pytest.mark.cuda
 def test_expanded_grad_and_weight_dtype():
     """y.sum().backward() hands the backward a stride-0 gradient; a bf16 weight is cast."""
-    x, weight, _ = make_inputs((2, 9, 10, 6), torch.float32, device="cuda")
     for backend in CUDA_BACKENDS:
+        shape = (2, 12, 12, 6) if backend == "cuda_cufftdx" else (2, 9, 10, 6)
+        x, weight, _ = make_inputs(shape, torch.float32, device="cuda")
         xr = x.clone().requires_grad_(True)
         spectral_gate(xr, weight, backend=backend).sum().backward()
         _, gx64, _ = oracle(x, weight, torch.ones_like(x))
@@ -398,3 +486,6 @@ def test_sanitizer_subset():
         for dtype in (torch.float32, torch.bfloat16):
             for shape in ((2, 7, 6, 5), (3, 14, 14, 40), (1, 33, 20, 3)):
                 _check(shape, dtype, backend, fresh_seed())
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for shape in ((2, 7, 7, 5), (3, 14, 14, 40), (2, 28, 28, 24), (1, 56, 56, 9)):
+            _check(shape, dtype, "cuda_cufftdx", fresh_seed())

@@ -40,6 +40,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __maxnreg__(...)
 #define __shared__ static  // static arrays are shared by all fibers of the running block
 #define SPECTFORMER_DYNAMIC_SHARED(type, name) \
   type* name = reinterpret_cast<type*>(::spectformer_emu::dynamic_shared())
@@ -59,6 +60,17 @@ struct alignas(8) float2 {
   float x, y;
 };
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+// Raw vectors for wide loads and stores.
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
 
 inline uint3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
@@ -106,6 +118,11 @@ enum cudaError_t {
   cudaErrorInvalidConfiguration = 9,
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaStreamCaptureStatus {
+  cudaStreamCaptureStatusNone = 0,
+  cudaStreamCaptureStatusActive = 1,
+  cudaStreamCaptureStatusInvalidated = 2,
+};
 using cudaStream_t = struct CUstream_st*;
 
 namespace spectformer_emu {
@@ -118,6 +135,10 @@ constexpr int kDefaultDynamicSharedLimit = 48 * 1024;
 inline int thread_order = 2;
 
 inline cudaError_t last_error = cudaSuccess;
+// Whether every stream is capturing a CUDA graph (tests set it). While capturing, device
+// allocation and synchronisation abort the program, as capture forbids them.
+inline bool capturing = false;
+inline int device_synchronizations = 0;
 inline std::map<const void*, int> shared_opt_in;  // kernel -> MaxDynamicSharedMemorySize
 
 [[noreturn]] inline void fail(const char* what) {
@@ -302,6 +323,7 @@ inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_
 }
 
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
+  if (spectformer_emu::capturing) spectformer_emu::fail("cudaMalloc during graph capture");
   *p = std::malloc(bytes);
   if (*p) std::memset(*p, 0xff, bytes);
   return *p ? cudaSuccess : cudaErrorInvalidValue;
@@ -314,6 +336,36 @@ inline cudaError_t cudaFree(void* p) {
   std::free(p);
   return cudaSuccess;
 }
+
+// Resident blocks per SM the emulated device reports (tests set it); 0 when the launch could
+// not run at all (more dynamic shared memory than the opt-in allows).
+namespace spectformer_emu {
+inline int occupancy_blocks_per_sm = 2;
+}
+template <typename Kernel>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel* kernel, int threads,
+                                                          size_t shared_bytes) {
+  if (threads <= 0 || threads > 1024) return cudaErrorInvalidValue;
+  auto it = spectformer_emu::shared_opt_in.find(reinterpret_cast<const void*>(kernel));
+  const int limit = it == spectformer_emu::shared_opt_in.end()
+                        ? spectformer_emu::kDefaultDynamicSharedLimit : it->second;
+  *blocks = shared_bytes <= static_cast<size_t>(limit) ? spectformer_emu::occupancy_blocks_per_sm : 0;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus* status) {
+  *status = spectformer_emu::capturing ? cudaStreamCaptureStatusActive
+                                       : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaDeviceSynchronize() {
+  if (spectformer_emu::capturing) spectformer_emu::fail("cudaDeviceSynchronize during graph capture");
+  ++spectformer_emu::device_synchronizations;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaPeekAtLastError() { return spectformer_emu::last_error; }
 
 inline cudaError_t cudaGetDevice(int* device) {
   *device = 0;

@@ -187,11 +187,20 @@ inline cufftResult exec(cufftHandle h, cufftType type, void* in, void* out) {
 }  // namespace spectformer_emu
 
 inline cufftResult cufftCreate(cufftHandle* h) {
+  // Plan creation allocates device memory: never during graph capture.
+  if (spectformer_emu::capturing) spectformer_emu::fail("cufftCreate during graph capture");
   auto& plans = spectformer_emu::fake_plans();
   plans.emplace_back();
   *h = static_cast<cufftHandle>(plans.size() - 1);
   return CUFFT_SUCCESS;
 }
+namespace spectformer_emu {
+inline int live_plans() {
+  int n = 0;
+  for (const auto& p : fake_plans()) n += p.alive;
+  return n;
+}
+}  // namespace spectformer_emu
 inline cufftResult cufftDestroy(cufftHandle h) {
   auto* p = spectformer_emu::find_plan(h);
   if (p == nullptr) return CUFFT_INVALID_PLAN;
