@@ -306,16 +306,18 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo"]  # setup.py's nvcc flags (line i
 # debug sections; it does not change the code)
 
 
-def nvcc_path() -> Optional[str]:
-    import shutil
+def _csrc_paths():
+    """``csrc/cufft_paths.py`` (loaded by path, as ``setup.py`` and the tests do)."""
+    from importlib import util
 
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and (Path(home) / "bin" / "nvcc").exists():
-            return str(Path(home) / "bin" / "nvcc")
-    return None
+    spec = util.spec_from_file_location("cufft_paths", CSRC / "cufft_paths.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def nvcc_path() -> Optional[str]:
+    return _csrc_paths().find_nvcc()
 
 
 def compile_cuda(source: str, arch: str, includes: list) -> dict:
@@ -605,12 +607,7 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
     try:
         cuda["fused"] = compile_cuda("fused_dft.cu", arch, [])
         log("# compiled csrc/fused_dft.cu with nvcc")
-        from importlib import util
-
-        spec = util.spec_from_file_location("cufft_paths", CSRC / "cufft_paths.py")
-        paths = util.module_from_spec(spec)
-        spec.loader.exec_module(paths)
-        location = paths.find_cufft()
+        location = _csrc_paths().find_cufft()
         if location is not None:
             cuda["cufft"] = compile_cuda("cufft_gate.cu", arch, [location.include_dir])
             log("# compiled csrc/cufft_gate.cu with nvcc")

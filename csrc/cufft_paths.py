@@ -1,5 +1,5 @@
-"""Where cuFFT's headers and library are (the CUDA toolkit, else an ``nvidia-cufft`` wheel), and
-cuFFTDx's headers (the ``nvidia-mathdx`` wheel).
+"""Where nvcc is, where cuFFT's headers and library are (the CUDA toolkit, else an
+``nvidia-cufft`` wheel), and cuFFTDx's headers (the ``nvidia-mathdx`` wheel).
 
 Plain Python with no dependencies, so ``setup.py`` and the compile-check test can both load
 it by path. CUDA 13 toolkits installed without the math libraries (and CI machines that
@@ -13,6 +13,19 @@ import importlib.util
 import os
 from pathlib import Path
 from typing import NamedTuple, Optional
+
+
+def find_nvcc() -> Optional[str]:
+    """``nvcc`` on the PATH, else under ``$CUDA_HOME``, ``$CUDA_PATH`` or ``/usr/local/cuda``."""
+    import shutil
+
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").exists():
+            return str(Path(home) / "bin" / "nvcc")
+    return None
 
 
 class CufftLocation(NamedTuple):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -31,21 +30,15 @@ CUDA_BACKENDS = ["cuda", "cuda_cufftdx", "cuda_fused", "cuda_cufft"]
 # ---- compile checks (no GPU, no CUDA torch needed) -------------------------------------------
 
 
-def _nvcc() -> str | None:
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and (Path(home) / "bin" / "nvcc").exists():
-            return str(Path(home) / "bin" / "nvcc")
-    return None
-
-
 def _cufft_paths():
     spec = importlib.util.spec_from_file_location("cufft_paths", CSRC / "cufft_paths.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _nvcc() -> str | None:
+    return _cufft_paths().find_nvcc()
 
 
 def _cufft_include() -> Path | None:
