@@ -254,15 +254,10 @@ class _GateFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, backend = inputs
-        ctx.save_for_backward(_saved(x), _saved(weight))
-        ctx.save_for_forward(x, weight)
-        ctx.backend = backend
+        _setup_gate(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:2])
 
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight = ctx.saved_tensors
-        return (*_gate_vjp(grad_y, x, weight, ctx.backend, ctx.needs_input_grad), None)
+    backward = staticmethod(_backward_gate)
 
     @staticmethod
     def jvp(ctx, tangent_x, tangent_weight, _):
@@ -288,16 +283,10 @@ class _GateBackwardFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad_y, x, weight, backend = inputs
-        ctx.save_for_backward(_saved(grad_y), _saved(x), _saved(weight))
-        ctx.save_for_forward(grad_y, x, weight)
-        ctx.backend = backend
+        _setup_gate_backward(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:3])
 
-    @staticmethod
-    def backward(ctx, v_x, v_weight):
-        grad_y, x, weight = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        return (*_gate_backward_vjp(grad_y, x, weight, v_x, v_weight, ctx.backend, needs), None)
+    backward = staticmethod(_backward_gate_backward)
 
     @staticmethod
     def jvp(ctx, t_grad_y, t_x, t_weight, _):
