@@ -276,8 +276,9 @@ def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
     mats = (2 * wk * w + 4 * h * h + 2 * w * wk) * 4  # fw, fh+gh (even rows), gw
     counts = _counts_from(result, warps)
     notes = [f"{len(counts.unresolved)} unresolved loops"] if counts.unresolved else []
+    groups = math.ceil(batch / tb.BATCH_PER_PROGRAM)  # programs per channel block
     if kernel == "forward":
-        ctas = batch * blocks
+        ctas = groups * blocks
         launch = Launch("triton forward", ctas, 32 * warps, result["registers"],
                         result["shared"], result["stack_bytes"], counts,
                         dram_bytes=2 * n * e + filt + mats,
@@ -285,7 +286,6 @@ def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
                         inflight_per_warp=tile / warps, notes=notes)
         _local_traffic(launch)
         return [launch]
-    groups = math.ceil(batch / tb.BATCH_PER_PROGRAM)
     mats += (2 * wk * w) * 4  # the transposed Fw pair
     ctas = groups * blocks
     partials = groups * filt

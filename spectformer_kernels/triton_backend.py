@@ -102,6 +102,7 @@ MIN_DOT = 16  # smallest matrix side a tl.dot operand may have on every GPU targ
 TILE_ELEMENTS = 4096  # BLOCK_C * H_pad * W_pad budget for the heuristic (interpreter) config
 
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 # Tests replace this with a NaN-filling allocator to prove that every output element is
 # written by the kernels.
@@ -143,7 +144,7 @@ def supports(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
         if span >= 2**31:
             return f"one sample of {name} spans {span} elements; the kernels index it with int32"
     if x.device.type == "cuda" and _TRITON_IMPORT_ERROR is None:
-        dtype = _DTYPE_NAMES[_DOT_DTYPES[x.dtype]]
+        dtype = _DTYPE_NAMES[x.dtype]
         for kernel in ("forward", "backward"):
             if not kept_configs(kernel, dtype, h, w, x.shape[3]):
                 return no_config_reason(kernel, dtype, h, w)
@@ -155,7 +156,7 @@ if _TRITON_IMPORT_ERROR is None:
     # Triton's interpreter multiplies bf16 operands as raw bits and converts fp32 -> bf16 by
     # truncation. Under it, operands and stores are rounded to nearest-even by hand and the
     # dots run on the rounded values in fp32: the numbers a GPU bf16 dot with fp32
-    # accumulation produces (a product of two 16-bit floats is exact in fp32).
+    # accumulation produces (a product of two bf16 values is exact in fp32).
     _EMULATE_16BIT = tl.constexpr(INTERPRETED)
 
     @triton.jit
@@ -168,37 +169,100 @@ if _TRITON_IMPORT_ERROR is None:
         return v.to(DTYPE)
 
     @triton.jit
+    def _split(v, DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
+        """A dot operand as 16-bit parts (hi, lo): hi = v rounded to DOT_DTYPE and, when
+        SPLIT, lo = the remainder v - hi rounded (fp16: hi + lo carries 22 significant bits
+        of v); else lo = hi (unused)."""
+        hi = _to_storage(v, DOT_DTYPE)
+        if SPLIT:
+            lo = _to_storage(v.to(tl.float32) - hi.to(tl.float32), DOT_DTYPE)
+        else:
+            lo = hi
+        return hi, lo
+
+    @triton.jit
+    def _dot16(a, b, acc):
+        """``acc + a @ b`` for 16-bit a, b with fp32 accumulation (exact products)."""
+        if _EMULATE_16BIT:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            return tl.dot(a, b, acc)
+
+    @triton.jit
+    def _mm(a_hi, a_lo, b_hi, b_lo, SPLIT: tl.constexpr):
+        """``a @ b`` from split operands: a_hi b_hi, plus the cross terms a_hi b_lo + a_lo
+        b_hi when SPLIT (three 16-bit products, the small terms first; the dropped a_lo b_lo
+        and what the splits do not carry are about 2**-22 of each product)."""
+        acc = tl.zeros((a_hi.shape[0], b_hi.shape[1]), dtype=tl.float32)
+        if SPLIT:
+            acc = _dot16(a_lo, b_hi, acc)
+            acc = _dot16(a_hi, b_lo, acc)
+        return _dot16(a_hi, b_hi, acc)
+
+    @triton.jit
+    def _matrix_times_data(m_hi, m_lo, a, DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
+        a_hi, a_lo = _split(a, DOT_DTYPE, SPLIT)
+        return _mm(m_hi, m_lo, a_hi, a_lo, SPLIT)
+
+    @triton.jit
+    def _complex_times_matrix(a_re, a_im, m_re_hi, m_re_lo, m_im_hi, m_im_lo,
+                              DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
+        """``(a_re + i a_im) @ (m_re + i m_im)`` as four real products."""
+        re_hi, re_lo = _split(a_re, DOT_DTYPE, SPLIT)
+        im_hi, im_lo = _split(a_im, DOT_DTYPE, SPLIT)
+        out_re = (_mm(re_hi, re_lo, m_re_hi, m_re_lo, SPLIT)
+                  - _mm(im_hi, im_lo, m_im_hi, m_im_lo, SPLIT))
+        out_im = (_mm(re_hi, re_lo, m_im_hi, m_im_lo, SPLIT)
+                  + _mm(im_hi, im_lo, m_re_hi, m_re_lo, SPLIT))
+        return out_re, out_im
+
+    @triton.jit
     def _load_matrix(ptr, offset, stride_row, stride_col, n_rows, n_cols,
-                     ROWS: tl.constexpr, COLS: tl.constexpr, DOT_DTYPE: tl.constexpr):
-        """``ptr[offset + r*stride_row + c*stride_col]``, zero-padded to (ROWS, COLS)."""
+                     ROWS: tl.constexpr, COLS: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                     SPLIT: tl.constexpr):
+        """``ptr[offset + r*stride_row + c*stride_col]`` zero-padded to (ROWS, COLS), as
+        split dot operands (hi, lo)."""
         r = tl.arange(0, ROWS)[:, None]
         c = tl.arange(0, COLS)[None, :]
         m = tl.load(ptr + offset + r * stride_row + c * stride_col,
                     mask=(r < n_rows) & (c < n_cols), other=0.0)
-        return _to_storage(m, DOT_DTYPE)
+        return _split(m, DOT_DTYPE, SPLIT)
 
     @triton.jit
-    def _dot(a, b, DOT_DTYPE: tl.constexpr):
-        """Matmul with fp32 accumulation; fp32 operands stay exact (no TF32)."""
-        if DOT_DTYPE == tl.float32:
-            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-        elif _EMULATE_16BIT:
-            return tl.dot(_to_storage(a, DOT_DTYPE).to(tl.float32),
-                          _to_storage(b, DOT_DTYPE).to(tl.float32), input_precision="ieee")
+    def _power_of_two_scale(m):
+        """Per channel, from m = max |v|: (s, 1/s), powers of two with m * s in [0.5, 1)
+        (clamped to fp32's normal range), and (1, 1) where m is inf or NaN. fp16 operands
+        of v * s neither overflow nor lose the channel's small values, and multiplying by
+        a power of two is exact."""
+        e = ((m.to(tl.uint32, bitcast=True) >> 23) & 0xFF).to(tl.int32)
+        e_s = tl.where(e == 255, 127, tl.minimum(tl.maximum(253 - e, 1), 253))
+        scale = (e_s << 23).to(tl.float32, bitcast=True)
+        inverse = ((254 - e_s) << 23).to(tl.float32, bitcast=True)
+        return scale, inverse
+
+    @triton.jit
+    def _grid_scale(v, ROWS: tl.constexpr, BLOCK_C: tl.constexpr, COLS: tl.constexpr,
+                    SCALE: tl.constexpr):
+        """``_power_of_two_scale`` of each channel of a 2-D tile of (ROWS, BLOCK_C, COLS)
+        elements, as (1, BLOCK_C, 1) tensors; (1, 1) when not SCALE."""
+        if SCALE:
+            m = tl.max(tl.max(tl.abs(tl.reshape(v, (ROWS, BLOCK_C, COLS))), axis=2), axis=0)
+            s, inv = _power_of_two_scale(m)
         else:
-            return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE))
+            s = tl.full((BLOCK_C,), 1.0, tl.float32)
+            inv = s
+        return s[None, :, None], inv[None, :, None]
 
     @triton.jit
-    def _complex_dot(a_re, a_im, m_re, m_im, DOT_DTYPE: tl.constexpr):
-        """``(a_re + i a_im) @ (m_re + i m_im)`` as four real dots."""
-        out_re = _dot(a_re, m_re, DOT_DTYPE) - _dot(a_im, m_im, DOT_DTYPE)
-        out_im = _dot(a_re, m_im, DOT_DTYPE) + _dot(a_im, m_re, DOT_DTYPE)
-        return out_re, out_im
+    def _scaled(v, s, ROWS: tl.constexpr, BLOCK_C: tl.constexpr, COLS: tl.constexpr):
+        """A 2-D tile of (ROWS, BLOCK_C, COLS) elements times a (1, BLOCK_C, 1) per-channel
+        factor."""
+        return tl.reshape(tl.reshape(v, (ROWS, BLOCK_C, COLS)) * s, v.shape)
 
     @triton.jit
     def _load_grid(ptr, base, n_channels, s_h, s_w, s_c, H: tl.constexpr, W: tl.constexpr,
                    HP: tl.constexpr, WP: tl.constexpr, BLOCK_C: tl.constexpr):
-        """A (WP, BLOCK_C * HP) tile of a channels-last grid: rows w, columns (c, h).
+        """A (WP, BLOCK_C * HP) fp32 tile of a channels-last grid: rows w, columns (c, h).
 
         ``base`` (int64) points at the tile's first channel; ``n_channels`` of the block
         exist. In-tile offsets stay int32 (``supports`` checks that they fit)."""
@@ -207,7 +271,7 @@ if _TRITON_IMPORT_ERROR is None:
         hh = tl.arange(0, HP)[None, None, :]
         mask = (ww < W) & (cc < n_channels) & (hh < H)
         tile = tl.load(ptr + base + cc * s_c + ww * s_w + hh * s_h, mask=mask, other=0.0)
-        return tl.reshape(tile, (WP, BLOCK_C * HP))
+        return tl.reshape(tile.to(tl.float32), (WP, BLOCK_C * HP))
 
     @triton.jit
     def _store_grid(ptr, base, value, C, n_channels, H: tl.constexpr, W: tl.constexpr,
@@ -241,54 +305,80 @@ if _TRITON_IMPORT_ERROR is None:
         return (tl.reshape(k_re, (WKP * BLOCK_C, HP)), tl.reshape(k_im, (WKP * BLOCK_C, HP)))
 
     @triton.jit
-    def _spectrum(x, fw_re, fw_im, fh_re, fh_im, HP: tl.constexpr, WKP: tl.constexpr,
-                  BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    def _spectrum(x, fw_re_hi, fw_re_lo, fw_im_hi, fw_im_lo, fh_re_hi, fh_re_lo, fh_im_hi,
+                  fh_im_lo, HP: tl.constexpr, WKP: tl.constexpr, BLOCK_C: tl.constexpr,
+                  DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
         """rfft2 (ortho) of a (WP, BLOCK_C * HP) tile -> re, im as (WKP * BLOCK_C, HP).
 
         The W-axis DFT multiplies from the left, the H-axis DFT from the right; the
         row-major reshape between them only regroups (k, c, h), it moves no data."""
-        a_re = tl.reshape(_dot(fw_re, x, DOT_DTYPE), (WKP * BLOCK_C, HP))
-        a_im = tl.reshape(_dot(fw_im, x, DOT_DTYPE), (WKP * BLOCK_C, HP))
-        return _complex_dot(a_re, a_im, fh_re, fh_im, DOT_DTYPE)
+        x_hi, x_lo = _split(x, DOT_DTYPE, SPLIT)
+        a_re = tl.reshape(_mm(fw_re_hi, fw_re_lo, x_hi, x_lo, SPLIT), (WKP * BLOCK_C, HP))
+        a_im = tl.reshape(_mm(fw_im_hi, fw_im_lo, x_hi, x_lo, SPLIT), (WKP * BLOCK_C, HP))
+        return _complex_times_matrix(a_re, a_im, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo,
+                                     DOT_DTYPE, SPLIT)
 
     @triton.jit
     def _forward_kernel(
         x_ptr, weight_ptr, y_ptr, w_fwd_ptr, h_fwd_ptr, h_inv_ptr, w_inv_ptr,
-        C, sx_b, sx_h, sx_w, sx_c, sk_h, sk_k, sk_c, sk_p,
+        B, C, sx_b, sx_h, sx_w, sx_c, sk_h, sk_k, sk_c, sk_p,
         H: tl.constexpr, W: tl.constexpr, WK: tl.constexpr,
         HP: tl.constexpr, WP: tl.constexpr, WKP: tl.constexpr,
-        BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr,
+        BLOCK_C: tl.constexpr, BATCH_PER_PROGRAM: tl.constexpr,
+        DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, SCALE: tl.constexpr,
     ):
-        pid = tl.program_id(0).to(tl.int64)
-        n_cblocks = tl.cdiv(C, BLOCK_C)
-        b = pid // n_cblocks
-        c0 = (pid % n_cblocks) * BLOCK_C
+        c0 = tl.program_id(0).to(tl.int64) * BLOCK_C
+        b_start = tl.program_id(1).to(tl.int64) * BATCH_PER_PROGRAM
+        b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
         n_channels = C - c0  # channels of this block that exist (masks compare with it)
 
-        # DFT matrices (layouts in dft_matrices.py). The H-axis ones are the (h, h') blocks
-        # of the interleaved (h, re/im) real form; being symmetric, they are their own
-        # transposes, so right-multiplying by them applies the transform along h.
-        fw_re = _load_matrix(w_fwd_ptr, 0, W, 1, WK, W, WKP, WP, DOT_DTYPE)
-        fw_im = _load_matrix(w_fwd_ptr, WK * W, W, 1, WK, W, WKP, WP, DOT_DTYPE)
-        fh_re = _load_matrix(h_fwd_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE)
-        fh_im = _load_matrix(h_fwd_ptr, 2 * H, 4 * H, 2, H, H, HP, HP, DOT_DTYPE)
-        gh_re = _load_matrix(h_inv_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE)
-        gh_im = _load_matrix(h_inv_ptr, 2 * H, 4 * H, 2, H, H, HP, HP, DOT_DTYPE)
-        gw_re = _load_matrix(w_inv_ptr, 0, 2 * WK, 1, W, WK, WP, WKP, DOT_DTYPE)
-        gw_im = _load_matrix(w_inv_ptr, WK, 2 * WK, 1, W, WK, WP, WKP, DOT_DTYPE)
+        # The DFT matrices and the filter are loaded (and split) once per program and stay
+        # on chip for its batch elements. Layouts are in dft_matrices.py; the H-axis ones are
+        # the (h, h') blocks of the interleaved (h, re/im) real form, symmetric, so
+        # right-multiplying by them applies the transform along h.
+        fw_re_hi, fw_re_lo = _load_matrix(w_fwd_ptr, 0, W, 1, WK, W, WKP, WP, DOT_DTYPE, SPLIT)
+        fw_im_hi, fw_im_lo = _load_matrix(w_fwd_ptr, WK * W, W, 1, WK, W, WKP, WP, DOT_DTYPE,
+                                          SPLIT)
+        fh_re_hi, fh_re_lo = _load_matrix(h_fwd_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE,
+                                          SPLIT)
+        fh_im_hi, fh_im_lo = _load_matrix(h_fwd_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
+                                          DOT_DTYPE, SPLIT)
+        gh_re_hi, gh_re_lo = _load_matrix(h_inv_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE,
+                                          SPLIT)
+        gh_im_hi, gh_im_lo = _load_matrix(h_inv_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
+                                          DOT_DTYPE, SPLIT)
+        gw_re_hi, gw_re_lo = _load_matrix(w_inv_ptr, 0, 2 * WK, 1, W, WK, WP, WKP, DOT_DTYPE,
+                                          SPLIT)
+        gw_im_hi, gw_im_lo = _load_matrix(w_inv_ptr, WK, 2 * WK, 1, W, WK, WP, WKP,
+                                          DOT_DTYPE, SPLIT)
         k_re, k_im = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
                                   H, WK, HP, WKP, BLOCK_C)
+        k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), WKP, BLOCK_C,
+                                         HP, SCALE)
+        if SCALE:
+            k_re = _scaled(k_re, k_scale, WKP, BLOCK_C, HP)
+            k_im = _scaled(k_im, k_scale, WKP, BLOCK_C, HP)
 
-        x = _load_grid(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
-                       H, W, HP, WP, BLOCK_C)
-        s_re, s_im = _spectrum(x, fw_re, fw_im, fh_re, fh_im, HP, WKP, BLOCK_C, DOT_DTYPE)
-        g_re = s_re * k_re - s_im * k_im
-        g_im = s_re * k_im + s_im * k_re
-        z_re, z_im = _complex_dot(g_re, g_im, gh_re, gh_im, DOT_DTYPE)
-        z_re = tl.reshape(z_re, (WKP, BLOCK_C * HP))
-        z_im = tl.reshape(z_im, (WKP, BLOCK_C * HP))
-        y = _dot(gw_re, z_re, DOT_DTYPE) + _dot(gw_im, z_im, DOT_DTYPE)
-        _store_grid(y_ptr, b * (H * W * C) + c0, y, C, n_channels, H, W, HP, WP, BLOCK_C)
+        for b in range(b_start, b_end):
+            x = _load_grid(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
+                           H, W, HP, WP, BLOCK_C)
+            x_scale, x_unscale = _grid_scale(x, WP, BLOCK_C, HP, SCALE)
+            if SCALE:
+                x = _scaled(x, x_scale, WP, BLOCK_C, HP)
+            s_re, s_im = _spectrum(x, fw_re_hi, fw_re_lo, fw_im_hi, fw_im_lo, fh_re_hi,
+                                   fh_re_lo, fh_im_hi, fh_im_lo, HP, WKP, BLOCK_C, DOT_DTYPE,
+                                   SPLIT)
+            g_re = s_re * k_re - s_im * k_im
+            g_im = s_re * k_im + s_im * k_re
+            z_re, z_im = _complex_times_matrix(g_re, g_im, gh_re_hi, gh_re_lo, gh_im_hi,
+                                               gh_im_lo, DOT_DTYPE, SPLIT)
+            z_re = tl.reshape(z_re, (WKP, BLOCK_C * HP))
+            z_im = tl.reshape(z_im, (WKP, BLOCK_C * HP))
+            y = (_matrix_times_data(gw_re_hi, gw_re_lo, z_re, DOT_DTYPE, SPLIT)
+                 + _matrix_times_data(gw_im_hi, gw_im_lo, z_im, DOT_DTYPE, SPLIT))
+            if SCALE:
+                y = _scaled(y, x_unscale * k_unscale, WP, BLOCK_C, HP)
+            _store_grid(y_ptr, b * (H * W * C) + c0, y, C, n_channels, H, W, HP, WP, BLOCK_C)
 
     @triton.jit
     def _backward_kernel(
@@ -297,55 +387,87 @@ if _TRITON_IMPORT_ERROR is None:
         B, C, sg_b, sg_h, sg_w, sg_c, sx_b, sx_h, sx_w, sx_c, sk_h, sk_k, sk_c, sk_p,
         H: tl.constexpr, W: tl.constexpr, WK: tl.constexpr,
         HP: tl.constexpr, WP: tl.constexpr, WKP: tl.constexpr,
-        BLOCK_C: tl.constexpr, BATCH_PER_PROGRAM: tl.constexpr, DOT_DTYPE: tl.constexpr,
+        BLOCK_C: tl.constexpr, BATCH_PER_PROGRAM: tl.constexpr,
+        DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, SCALE: tl.constexpr,
     ):
-        pid = tl.program_id(0).to(tl.int64)
-        n_cblocks = tl.cdiv(C, BLOCK_C)
-        group = pid // n_cblocks
-        c0 = (pid % n_cblocks) * BLOCK_C
+        c0 = tl.program_id(0).to(tl.int64) * BLOCK_C
+        group = tl.program_id(1).to(tl.int64)
+        b_start = group * BATCH_PER_PROGRAM
+        b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
         n_channels = C - c0
 
         # Adjoints: of "Fw @" is "Fw^T @", of "Gw @" is "Gw^T @"; of "@ conj(Fh)" is "@ Fh"
         # and of "@ Fh" is "@ conj(Fh)" (symmetric matrices, conjugate transposes).
-        fw_re = _load_matrix(w_fwd_ptr, 0, W, 1, WK, W, WKP, WP, DOT_DTYPE)
-        fw_im = _load_matrix(w_fwd_ptr, WK * W, W, 1, WK, W, WKP, WP, DOT_DTYPE)
-        fwt_re = _load_matrix(w_fwd_ptr, 0, 1, W, W, WK, WP, WKP, DOT_DTYPE)
-        fwt_im = _load_matrix(w_fwd_ptr, WK * W, 1, W, W, WK, WP, WKP, DOT_DTYPE)
-        fh_re = _load_matrix(h_fwd_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE)
-        fh_im = _load_matrix(h_fwd_ptr, 2 * H, 4 * H, 2, H, H, HP, HP, DOT_DTYPE)
-        gh_re = _load_matrix(h_inv_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE)
-        gh_im = _load_matrix(h_inv_ptr, 2 * H, 4 * H, 2, H, H, HP, HP, DOT_DTYPE)
-        gwt_re = _load_matrix(w_inv_ptr, 0, 1, 2 * WK, WK, W, WKP, WP, DOT_DTYPE)
-        gwt_im = _load_matrix(w_inv_ptr, WK, 1, 2 * WK, WK, W, WKP, WP, DOT_DTYPE)
+        fw_re_hi, fw_re_lo = _load_matrix(w_fwd_ptr, 0, W, 1, WK, W, WKP, WP, DOT_DTYPE, SPLIT)
+        fw_im_hi, fw_im_lo = _load_matrix(w_fwd_ptr, WK * W, W, 1, WK, W, WKP, WP, DOT_DTYPE,
+                                          SPLIT)
+        fwt_re_hi, fwt_re_lo = _load_matrix(w_fwd_ptr, 0, 1, W, W, WK, WP, WKP, DOT_DTYPE,
+                                            SPLIT)
+        fwt_im_hi, fwt_im_lo = _load_matrix(w_fwd_ptr, WK * W, 1, W, W, WK, WP, WKP,
+                                            DOT_DTYPE, SPLIT)
+        fh_re_hi, fh_re_lo = _load_matrix(h_fwd_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE,
+                                          SPLIT)
+        fh_im_hi, fh_im_lo = _load_matrix(h_fwd_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
+                                          DOT_DTYPE, SPLIT)
+        gh_re_hi, gh_re_lo = _load_matrix(h_inv_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE,
+                                          SPLIT)
+        gh_im_hi, gh_im_lo = _load_matrix(h_inv_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
+                                          DOT_DTYPE, SPLIT)
+        gwt_re_hi, gwt_re_lo = _load_matrix(w_inv_ptr, 0, 1, 2 * WK, WK, W, WKP, WP,
+                                            DOT_DTYPE, SPLIT)
+        gwt_im_hi, gwt_im_lo = _load_matrix(w_inv_ptr, WK, 1, 2 * WK, WK, W, WKP, WP,
+                                            DOT_DTYPE, SPLIT)
         k_re, k_im = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
                                   H, WK, HP, WKP, BLOCK_C)
+        k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), WKP, BLOCK_C,
+                                         HP, SCALE)
+        if SCALE:
+            k_re = _scaled(k_re, k_scale, WKP, BLOCK_C, HP)
+            k_im = _scaled(k_im, k_scale, WKP, BLOCK_C, HP)
 
         dk_re = tl.zeros((WKP * BLOCK_C, HP), dtype=tl.float32)
         dk_im = tl.zeros((WKP * BLOCK_C, HP), dtype=tl.float32)
-        b_start = group * BATCH_PER_PROGRAM
-        b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
         for b in range(b_start, b_end):  # fixed order, so dK partials are reproducible
             x = _load_grid(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
                            H, W, HP, WP, BLOCK_C)
             dy = _load_grid(grad_y_ptr, b * sg_b + c0 * sg_c, n_channels, sg_h, sg_w, sg_c,
                             H, W, HP, WP, BLOCK_C)
-            s_re, s_im = _spectrum(x, fw_re, fw_im, fh_re, fh_im, HP, WKP, BLOCK_C, DOT_DTYPE)
+            x_scale, x_unscale = _grid_scale(x, WP, BLOCK_C, HP, SCALE)
+            dy_scale, dy_unscale = _grid_scale(dy, WP, BLOCK_C, HP, SCALE)
+            if SCALE:
+                x = _scaled(x, x_scale, WP, BLOCK_C, HP)
+                dy = _scaled(dy, dy_scale, WP, BLOCK_C, HP)
+            s_re, s_im = _spectrum(x, fw_re_hi, fw_re_lo, fw_im_hi, fw_im_lo, fh_re_hi,
+                                   fh_re_lo, fh_im_hi, fh_im_lo, HP, WKP, BLOCK_C, DOT_DTYPE,
+                                   SPLIT)
 
             # D, the gradient reaching the gated spectrum: adjoints of the two inverses.
-            dz_re = tl.reshape(_dot(gwt_re, dy, DOT_DTYPE), (WKP * BLOCK_C, HP))
-            dz_im = tl.reshape(_dot(gwt_im, dy, DOT_DTYPE), (WKP * BLOCK_C, HP))
-            d_re, d_im = _complex_dot(dz_re, dz_im, fh_re, fh_im, DOT_DTYPE)
+            dz_re = tl.reshape(_matrix_times_data(gwt_re_hi, gwt_re_lo, dy, DOT_DTYPE, SPLIT),
+                               (WKP * BLOCK_C, HP))
+            dz_im = tl.reshape(_matrix_times_data(gwt_im_hi, gwt_im_lo, dy, DOT_DTYPE, SPLIT),
+                               (WKP * BLOCK_C, HP))
+            d_re, d_im = _complex_times_matrix(dz_re, dz_im, fh_re_hi, fh_re_lo, fh_im_hi,
+                                               fh_im_lo, DOT_DTYPE, SPLIT)
 
-            dk_re += s_re * d_re + s_im * d_im
-            dk_im += s_re * d_im - s_im * d_re
+            pk_re = s_re * d_re + s_im * d_im
+            pk_im = s_re * d_im - s_im * d_re
+            if SCALE:
+                pk_re = _scaled(pk_re, x_unscale * dy_unscale, WKP, BLOCK_C, HP)
+                pk_im = _scaled(pk_im, x_unscale * dy_unscale, WKP, BLOCK_C, HP)
+            dk_re += pk_re
+            dk_im += pk_im
 
             # D * conj(K), then the adjoints of the H and W forward transforms.
             ds_re = d_re * k_re + d_im * k_im
             ds_im = d_im * k_re - d_re * k_im
-            da_re, da_im = _complex_dot(ds_re, ds_im, gh_re, gh_im, DOT_DTYPE)
+            da_re, da_im = _complex_times_matrix(ds_re, ds_im, gh_re_hi, gh_re_lo, gh_im_hi,
+                                                 gh_im_lo, DOT_DTYPE, SPLIT)
             da_re = tl.reshape(da_re, (WKP, BLOCK_C * HP))
             da_im = tl.reshape(da_im, (WKP, BLOCK_C * HP))
-            dx = _dot(fwt_re, da_re, DOT_DTYPE) + _dot(fwt_im, da_im, DOT_DTYPE)
+            dx = (_matrix_times_data(fwt_re_hi, fwt_re_lo, da_re, DOT_DTYPE, SPLIT)
+                  + _matrix_times_data(fwt_im_hi, fwt_im_lo, da_im, DOT_DTYPE, SPLIT))
+            if SCALE:
+                dx = _scaled(dx, dy_unscale * k_unscale, WP, BLOCK_C, HP)
             _store_grid(grad_x_ptr, b * (H * W * C) + c0, dx, C, n_channels,
                         H, W, HP, WP, BLOCK_C)
 
@@ -356,20 +478,14 @@ if _TRITON_IMPORT_ERROR is None:
         tl.store(p_ptr, tl.reshape(dk_re, (WKP, BLOCK_C, HP)), mask=mask)
         tl.store(p_ptr + 1, tl.reshape(dk_im, (WKP, BLOCK_C, HP)), mask=mask)
 
-    _DOT_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16,
-                   torch.float16: tl.float16}
-
-    _DTYPE_NAMES = {tl.float32: "fp32", tl.bfloat16: "bf16", tl.float16: "fp16"}
-
     def _prune(kernel, configs, named_args, **kwargs):
         """The autotuner's candidates: ``kept_configs`` for this shape (never empty here,
         because ``supports`` declines shapes without a fitting config)."""
         args = {**named_args, **kwargs}
-        kept = kept_configs(kernel, _DTYPE_NAMES[args["DOT_DTYPE"]], args["H"], args["W"],
-                            args["C"])
+        dtype = _DTYPE_NAMES[args["x_ptr"].dtype]
+        kept = kept_configs(kernel, dtype, args["H"], args["W"], args["C"])
         if not kept:
-            raise RuntimeError(no_config_reason(kernel, _DTYPE_NAMES[args["DOT_DTYPE"]],
-                                                args["H"], args["W"]))
+            raise RuntimeError(no_config_reason(kernel, dtype, args["H"], args["W"]))
         return kept
 
     def _prune_forward(configs, named_args, **kwargs):
@@ -475,6 +591,13 @@ def _heuristic_block_c(c: int, grid_elements: int) -> int:
     return block
 
 
+def _precision(dtype: torch.dtype) -> dict:
+    """The dot operands of each input dtype (see "Precision" above)."""
+    if dtype == torch.bfloat16:
+        return dict(DOT_DTYPE=tl.bfloat16, SPLIT=False, SCALE=False)
+    return dict(DOT_DTYPE=tl.float16, SPLIT=dtype == torch.float32, SCALE=True)
+
+
 def forward_arguments(x, weight, y, mats) -> dict:
     """Every argument of ``_forward_kernel`` but the autotuned ``BLOCK_C``, by name.
 
@@ -485,9 +608,10 @@ def forward_arguments(x, weight, y, mats) -> dict:
     return dict(
         x_ptr=x, weight_ptr=weight, y_ptr=y, w_fwd_ptr=mats.w_forward,
         h_fwd_ptr=mats.h_forward, h_inv_ptr=mats.h_inverse, w_inv_ptr=mats.w_inverse,
-        C=c, **dict(zip(("sx_b", "sx_h", "sx_w", "sx_c"), x.stride())),
+        B=x.shape[0], C=c, **dict(zip(("sx_b", "sx_h", "sx_w", "sx_c"), x.stride())),
         **dict(zip(("sk_h", "sk_k", "sk_c", "sk_p"), weight.stride())),
-        **kernel_constants(h, w), DOT_DTYPE=_DOT_DTYPES[x.dtype],
+        **kernel_constants(h, w), BATCH_PER_PROGRAM=BATCH_PER_PROGRAM,
+        **_precision(x.dtype),
     )
 
 
@@ -502,7 +626,7 @@ def backward_arguments(grad_y, x, weight, grad_x, grad_k_partials, mats) -> dict
         **dict(zip(("sx_b", "sx_h", "sx_w", "sx_c"), x.stride())),
         **dict(zip(("sk_h", "sk_k", "sk_c", "sk_p"), weight.stride())),
         **kernel_constants(h, w), BATCH_PER_PROGRAM=BATCH_PER_PROGRAM,
-        DOT_DTYPE=_DOT_DTYPES[x.dtype],
+        **_precision(x.dtype),
     )
 
 
@@ -543,7 +667,8 @@ def spectral_gate_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return y
     mats = dft_matrices(h, w, torch.float32, x.device)
     kernel = _forward_kernel if INTERPRETED else _forward_tuned
-    grid = lambda meta: (b * triton.cdiv(c, meta["BLOCK_C"]),)  # noqa: E731
+    groups = triton.cdiv(b, BATCH_PER_PROGRAM)
+    grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), groups)  # noqa: E731
     with _device_guard(x):
         kernel[grid](**forward_arguments(x, weight, y, mats), **_interpreter_config(x))
     return y
@@ -561,7 +686,7 @@ def spectral_gate_triton_backward(
     mats = dft_matrices(h, w, torch.float32, x.device)
     grad_k_partials = _empty((groups, h, wk, c, 2), dtype=torch.float32, device=x.device)
     kernel = _backward_kernel if INTERPRETED else _backward_tuned
-    grid = lambda meta: (groups * triton.cdiv(c, meta["BLOCK_C"]),)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), groups)  # noqa: E731
     with _device_guard(x):
         kernel[grid](**backward_arguments(grad_y, x, weight, grad_x, grad_k_partials, mats),
                      **_interpreter_config(x))
