@@ -200,23 +200,6 @@ if _TRITON_IMPORT_ERROR is None:
         return _dot16(a_hi, b_hi, acc)
 
     @triton.jit
-    def _matrix_times_data(m_hi, m_lo, a, DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
-        a_hi, a_lo = _split(a, DOT_DTYPE, SPLIT)
-        return _mm(m_hi, m_lo, a_hi, a_lo, SPLIT)
-
-    @triton.jit
-    def _complex_times_matrix(a_re, a_im, m_re_hi, m_re_lo, m_im_hi, m_im_lo,
-                              DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
-        """``(a_re + i a_im) @ (m_re + i m_im)`` as four real products."""
-        re_hi, re_lo = _split(a_re, DOT_DTYPE, SPLIT)
-        im_hi, im_lo = _split(a_im, DOT_DTYPE, SPLIT)
-        out_re = (_mm(re_hi, re_lo, m_re_hi, m_re_lo, SPLIT)
-                  - _mm(im_hi, im_lo, m_im_hi, m_im_lo, SPLIT))
-        out_im = (_mm(re_hi, re_lo, m_im_hi, m_im_lo, SPLIT)
-                  + _mm(im_hi, im_lo, m_re_hi, m_re_lo, SPLIT))
-        return out_re, out_im
-
-    @triton.jit
     def _load_matrix(ptr, offset, stride_row, stride_col, n_rows, n_cols,
                      ROWS: tl.constexpr, COLS: tl.constexpr, DOT_DTYPE: tl.constexpr,
                      SPLIT: tl.constexpr):
@@ -260,70 +243,107 @@ if _TRITON_IMPORT_ERROR is None:
         return tl.reshape(tl.reshape(v, (ROWS, BLOCK_C, COLS)) * s, v.shape)
 
     @triton.jit
+    def _load_w_matrix(ptr, part_stride, k_stride, w_stride, W: tl.constexpr, WK: tl.constexpr,
+                       WP: tl.constexpr, S: tl.constexpr, STACK_ROWS: tl.constexpr,
+                       DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
+        """A W-axis matrix with the half spectrum stacked along one side: index j = 2k + part
+        (part 0 real, 1 imaginary) holds ``ptr[part*part_stride + k*k_stride + w*w_stride]``.
+        (S, WP) when STACK_ROWS, else (WP, S); zero beyond 2*WK and W; split for the dots."""
+        if STACK_ROWS:
+            j = tl.arange(0, S)[:, None]
+            w = tl.arange(0, WP)[None, :]
+        else:
+            w = tl.arange(0, WP)[:, None]
+            j = tl.arange(0, S)[None, :]
+        m = tl.load(ptr + (j % 2) * part_stride + (j // 2) * k_stride + w * w_stride,
+                    mask=(j < 2 * WK) & (w < W), other=0.0)
+        return _split(m, DOT_DTYPE, SPLIT)
+
+    @triton.jit
+    def _complex_left(m_re_hi, m_re_lo, m_im_hi, m_im_lo, a, HP: tl.constexpr,
+                      N: tl.constexpr, DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
+        """``(m_re + i m_im) @ a`` for an (HP, 2N) operand whose columns interleave the real
+        and imaginary parts: two real products on the one stacked operand, then the parts
+        recombined in registers. Returns re, im as (HP, N)."""
+        a_hi, a_lo = _split(a, DOT_DTYPE, SPLIT)
+        p_re, p_im = tl.split(tl.reshape(_mm(m_re_hi, m_re_lo, a_hi, a_lo, SPLIT), (HP, N, 2)))
+        q_re, q_im = tl.split(tl.reshape(_mm(m_im_hi, m_im_lo, a_hi, a_lo, SPLIT), (HP, N, 2)))
+        return p_re - q_im, q_re + p_im
+
+    @triton.jit
+    def _stacked(re, im, ROWS: tl.constexpr, COLS: tl.constexpr):
+        """Real and imaginary parts interleaved along the last axis, as a (ROWS, COLS) tile."""
+        return tl.reshape(tl.join(re, im), (ROWS, COLS))
+
+    @triton.jit
+    def _grid_offsets(n_channels, H: tl.constexpr, W: tl.constexpr, HP: tl.constexpr,
+                      WP: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Index vectors and mask of an (HP, BLOCK_C, WP) token-grid tile."""
+        hh = tl.arange(0, HP)[:, None, None]
+        cc = tl.arange(0, BLOCK_C)[None, :, None]
+        ww = tl.arange(0, WP)[None, None, :]
+        return hh, cc, ww, (hh < H) & (cc < n_channels) & (ww < W)
+
+    @triton.jit
     def _load_grid(ptr, base, n_channels, s_h, s_w, s_c, H: tl.constexpr, W: tl.constexpr,
                    HP: tl.constexpr, WP: tl.constexpr, BLOCK_C: tl.constexpr):
-        """A (WP, BLOCK_C * HP) fp32 tile of a channels-last grid: rows w, columns (c, h).
+        """An (HP * BLOCK_C, WP) fp32 tile of a channels-last grid: rows (h, c), columns w.
 
         ``base`` (int64) points at the tile's first channel; ``n_channels`` of the block
         exist. In-tile offsets stay int32 (``supports`` checks that they fit)."""
-        ww = tl.arange(0, WP)[:, None, None]
-        cc = tl.arange(0, BLOCK_C)[None, :, None]
-        hh = tl.arange(0, HP)[None, None, :]
-        mask = (ww < W) & (cc < n_channels) & (hh < H)
-        tile = tl.load(ptr + base + cc * s_c + ww * s_w + hh * s_h, mask=mask, other=0.0)
-        return tl.reshape(tile.to(tl.float32), (WP, BLOCK_C * HP))
+        hh, cc, ww, mask = _grid_offsets(n_channels, H, W, HP, WP, BLOCK_C)
+        tile = tl.load(ptr + base + hh * s_h + cc * s_c + ww * s_w, mask=mask, other=0.0)
+        return tl.reshape(tile.to(tl.float32), (HP * BLOCK_C, WP))
 
     @triton.jit
     def _store_grid(ptr, base, value, C, n_channels, H: tl.constexpr, W: tl.constexpr,
                     HP: tl.constexpr, WP: tl.constexpr, BLOCK_C: tl.constexpr):
-        """Store a (WP, BLOCK_C * HP) tile into a contiguous (B, H, W, C) tensor."""
-        ww = tl.arange(0, WP)[:, None, None]
-        cc = tl.arange(0, BLOCK_C)[None, :, None]
-        hh = tl.arange(0, HP)[None, None, :]
-        mask = (ww < W) & (cc < n_channels) & (hh < H)
-        value = _to_storage(tl.reshape(value, (WP, BLOCK_C, HP)), ptr.dtype.element_ty)
-        tl.store(ptr + base + cc + ww * C + hh * (W * C), value, mask=mask)
+        """Store an (HP * BLOCK_C, WP) tile into a contiguous (B, H, W, C) tensor."""
+        hh, cc, ww, mask = _grid_offsets(n_channels, H, W, HP, WP, BLOCK_C)
+        value = _to_storage(tl.reshape(value, (HP, BLOCK_C, WP)), ptr.dtype.element_ty)
+        tl.store(ptr + base + hh * (W * C) + cc + ww * C, value, mask=mask)
 
     @triton.jit
     def _spectrum_offsets(n_channels, H: tl.constexpr, WK: tl.constexpr,
-                          HP: tl.constexpr, WKP: tl.constexpr, BLOCK_C: tl.constexpr):
-        """Index vectors and mask of a (WKP, BLOCK_C, HP) half-spectrum tile."""
-        kk = tl.arange(0, WKP)[:, None, None]
+                          HP: tl.constexpr, S: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Index vectors and mask of an (HP, BLOCK_C, S // 2) half-spectrum tile."""
+        hh = tl.arange(0, HP)[:, None, None]
         cc = tl.arange(0, BLOCK_C)[None, :, None]
-        hh = tl.arange(0, HP)[None, None, :]
-        return kk, cc, hh, (kk < WK) & (cc < n_channels) & (hh < H)
+        kk = tl.arange(0, S // 2)[None, None, :]
+        return hh, cc, kk, (hh < H) & (cc < n_channels) & (kk < WK)
 
     @triton.jit
     def _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p, H: tl.constexpr,
-                     WK: tl.constexpr, HP: tl.constexpr, WKP: tl.constexpr,
+                     WK: tl.constexpr, HP: tl.constexpr, S: tl.constexpr,
                      BLOCK_C: tl.constexpr):
-        """K's real and imaginary parts as (WKP * BLOCK_C, HP) fp32 tiles."""
-        kk, cc, hh, mask = _spectrum_offsets(n_channels, H, WK, HP, WKP, BLOCK_C)
-        k_ptr = weight_ptr + c0 * sk_c + cc * sk_c + kk * sk_k + hh * sk_h
+        """K's real and imaginary parts as (HP, BLOCK_C * S // 2) fp32 tiles, columns (c, k)."""
+        hh, cc, kk, mask = _spectrum_offsets(n_channels, H, WK, HP, S, BLOCK_C)
+        k_ptr = weight_ptr + c0 * sk_c + hh * sk_h + cc * sk_c + kk * sk_k
         k_re = tl.load(k_ptr, mask=mask, other=0.0).to(tl.float32)
         k_im = tl.load(k_ptr + sk_p, mask=mask, other=0.0).to(tl.float32)
-        return (tl.reshape(k_re, (WKP * BLOCK_C, HP)), tl.reshape(k_im, (WKP * BLOCK_C, HP)))
+        return (tl.reshape(k_re, (HP, BLOCK_C * (S // 2))),
+                tl.reshape(k_im, (HP, BLOCK_C * (S // 2))))
 
     @triton.jit
-    def _spectrum(x, fw_re_hi, fw_re_lo, fw_im_hi, fw_im_lo, fh_re_hi, fh_re_lo, fh_im_hi,
-                  fh_im_lo, HP: tl.constexpr, WKP: tl.constexpr, BLOCK_C: tl.constexpr,
-                  DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
-        """rfft2 (ortho) of a (WP, BLOCK_C * HP) tile -> re, im as (WKP * BLOCK_C, HP).
+    def _spectrum(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, HP: tl.constexpr,
+                  S: tl.constexpr, BLOCK_C: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                  SPLIT: tl.constexpr):
+        """rfft2 (ortho) of an (HP * BLOCK_C, WP) tile -> re, im as (HP, BLOCK_C * S // 2).
 
-        The W-axis DFT multiplies from the left, the H-axis DFT from the right; the
-        row-major reshape between them only regroups (k, c, h), it moves no data."""
+        The W-axis DFT multiplies from the right, giving the stacked half spectrum in the
+        columns; the row-major reshape to (HP, BLOCK_C * S) only regroups (h, c, j), and
+        the H-axis DFT multiplies from the left."""
         x_hi, x_lo = _split(x, DOT_DTYPE, SPLIT)
-        a_re = tl.reshape(_mm(fw_re_hi, fw_re_lo, x_hi, x_lo, SPLIT), (WKP * BLOCK_C, HP))
-        a_im = tl.reshape(_mm(fw_im_hi, fw_im_lo, x_hi, x_lo, SPLIT), (WKP * BLOCK_C, HP))
-        return _complex_times_matrix(a_re, a_im, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo,
-                                     DOT_DTYPE, SPLIT)
+        a = tl.reshape(_mm(x_hi, x_lo, m1_hi, m1_lo, SPLIT), (HP, BLOCK_C * S))
+        return _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, a, HP, BLOCK_C * (S // 2),
+                             DOT_DTYPE, SPLIT)
 
     @triton.jit
     def _forward_kernel(
         x_ptr, weight_ptr, y_ptr, w_fwd_ptr, h_fwd_ptr, h_inv_ptr, w_inv_ptr,
         B, C, sx_b, sx_h, sx_w, sx_c, sk_h, sk_k, sk_c, sk_p,
         H: tl.constexpr, W: tl.constexpr, WK: tl.constexpr,
-        HP: tl.constexpr, WP: tl.constexpr, WKP: tl.constexpr,
+        HP: tl.constexpr, WP: tl.constexpr, S: tl.constexpr,
         BLOCK_C: tl.constexpr, BATCH_PER_PROGRAM: tl.constexpr,
         DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, SCALE: tl.constexpr,
     ):
@@ -331,14 +351,16 @@ if _TRITON_IMPORT_ERROR is None:
         b_start = tl.program_id(1).to(tl.int64) * BATCH_PER_PROGRAM
         b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
         n_channels = C - c0  # channels of this block that exist (masks compare with it)
+        N: tl.constexpr = BLOCK_C * (S // 2)  # spectrum columns (c, k)
 
         # The DFT matrices and the filter are loaded (and split) once per program and stay
-        # on chip for its batch elements. Layouts are in dft_matrices.py; the H-axis ones are
-        # the (h, h') blocks of the interleaved (h, re/im) real form, symmetric, so
-        # right-multiplying by them applies the transform along h.
-        fw_re_hi, fw_re_lo = _load_matrix(w_fwd_ptr, 0, W, 1, WK, W, WKP, WP, DOT_DTYPE, SPLIT)
-        fw_im_hi, fw_im_lo = _load_matrix(w_fwd_ptr, WK * W, W, 1, WK, W, WKP, WP, DOT_DTYPE,
-                                          SPLIT)
+        # on chip for its batch elements. Sources in dft_matrices.py: M1 = Fw^T and M4 = Gw^T
+        # with the half spectrum stacked; the H-axis ones are the (h, h') blocks of the
+        # interleaved real form, symmetric, so they act along h from the left.
+        m1_hi, m1_lo = _load_w_matrix(w_fwd_ptr, WK * W, W, 1, W, WK, WP, S, False,
+                                      DOT_DTYPE, SPLIT)
+        m4_hi, m4_lo = _load_w_matrix(w_inv_ptr, WK, 1, 2 * WK, W, WK, WP, S, True,
+                                      DOT_DTYPE, SPLIT)
         fh_re_hi, fh_re_lo = _load_matrix(h_fwd_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE,
                                           SPLIT)
         fh_im_hi, fh_im_lo = _load_matrix(h_fwd_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
@@ -347,37 +369,30 @@ if _TRITON_IMPORT_ERROR is None:
                                           SPLIT)
         gh_im_hi, gh_im_lo = _load_matrix(h_inv_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
                                           DOT_DTYPE, SPLIT)
-        gw_re_hi, gw_re_lo = _load_matrix(w_inv_ptr, 0, 2 * WK, 1, W, WK, WP, WKP, DOT_DTYPE,
-                                          SPLIT)
-        gw_im_hi, gw_im_lo = _load_matrix(w_inv_ptr, WK, 2 * WK, 1, W, WK, WP, WKP,
-                                          DOT_DTYPE, SPLIT)
         k_re, k_im = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
-                                  H, WK, HP, WKP, BLOCK_C)
-        k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), WKP, BLOCK_C,
-                                         HP, SCALE)
+                                  H, WK, HP, S, BLOCK_C)
+        k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), HP, BLOCK_C,
+                                         S // 2, SCALE)
         if SCALE:
-            k_re = _scaled(k_re, k_scale, WKP, BLOCK_C, HP)
-            k_im = _scaled(k_im, k_scale, WKP, BLOCK_C, HP)
+            k_re = _scaled(k_re, k_scale, HP, BLOCK_C, S // 2)
+            k_im = _scaled(k_im, k_scale, HP, BLOCK_C, S // 2)
 
         for b in range(b_start, b_end):
             x = _load_grid(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
                            H, W, HP, WP, BLOCK_C)
-            x_scale, x_unscale = _grid_scale(x, WP, BLOCK_C, HP, SCALE)
+            x_scale, x_unscale = _grid_scale(x, HP, BLOCK_C, WP, SCALE)
             if SCALE:
-                x = _scaled(x, x_scale, WP, BLOCK_C, HP)
-            s_re, s_im = _spectrum(x, fw_re_hi, fw_re_lo, fw_im_hi, fw_im_lo, fh_re_hi,
-                                   fh_re_lo, fh_im_hi, fh_im_lo, HP, WKP, BLOCK_C, DOT_DTYPE,
-                                   SPLIT)
-            g_re = s_re * k_re - s_im * k_im
-            g_im = s_re * k_im + s_im * k_re
-            z_re, z_im = _complex_times_matrix(g_re, g_im, gh_re_hi, gh_re_lo, gh_im_hi,
-                                               gh_im_lo, DOT_DTYPE, SPLIT)
-            z_re = tl.reshape(z_re, (WKP, BLOCK_C * HP))
-            z_im = tl.reshape(z_im, (WKP, BLOCK_C * HP))
-            y = (_matrix_times_data(gw_re_hi, gw_re_lo, z_re, DOT_DTYPE, SPLIT)
-                 + _matrix_times_data(gw_im_hi, gw_im_lo, z_im, DOT_DTYPE, SPLIT))
+                x = _scaled(x, x_scale, HP, BLOCK_C, WP)
+            s_re, s_im = _spectrum(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo,
+                                   HP, S, BLOCK_C, DOT_DTYPE, SPLIT)
+            g = _stacked(s_re * k_re - s_im * k_im, s_re * k_im + s_im * k_re, HP, 2 * N)
+            z_re, z_im = _complex_left(gh_re_hi, gh_re_lo, gh_im_hi, gh_im_lo, g, HP, N,
+                                       DOT_DTYPE, SPLIT)
+            z = _stacked(z_re, z_im, HP * BLOCK_C, S)
+            z_hi, z_lo = _split(z, DOT_DTYPE, SPLIT)
+            y = _mm(z_hi, z_lo, m4_hi, m4_lo, SPLIT)
             if SCALE:
-                y = _scaled(y, x_unscale * k_unscale, WP, BLOCK_C, HP)
+                y = _scaled(y, x_unscale * k_unscale, HP, BLOCK_C, WP)
             _store_grid(y_ptr, b * (H * W * C) + c0, y, C, n_channels, H, W, HP, WP, BLOCK_C)
 
     @triton.jit
@@ -386,7 +401,7 @@ if _TRITON_IMPORT_ERROR is None:
         w_fwd_ptr, h_fwd_ptr, h_inv_ptr, w_inv_ptr,
         B, C, sg_b, sg_h, sg_w, sg_c, sx_b, sx_h, sx_w, sx_c, sk_h, sk_k, sk_c, sk_p,
         H: tl.constexpr, W: tl.constexpr, WK: tl.constexpr,
-        HP: tl.constexpr, WP: tl.constexpr, WKP: tl.constexpr,
+        HP: tl.constexpr, WP: tl.constexpr, S: tl.constexpr,
         BLOCK_C: tl.constexpr, BATCH_PER_PROGRAM: tl.constexpr,
         DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, SCALE: tl.constexpr,
     ):
@@ -395,16 +410,16 @@ if _TRITON_IMPORT_ERROR is None:
         b_start = group * BATCH_PER_PROGRAM
         b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
         n_channels = C - c0
+        N: tl.constexpr = BLOCK_C * (S // 2)
 
-        # Adjoints: of "Fw @" is "Fw^T @", of "Gw @" is "Gw^T @"; of "@ conj(Fh)" is "@ Fh"
-        # and of "@ Fh" is "@ conj(Fh)" (symmetric matrices, conjugate transposes).
-        fw_re_hi, fw_re_lo = _load_matrix(w_fwd_ptr, 0, W, 1, WK, W, WKP, WP, DOT_DTYPE, SPLIT)
-        fw_im_hi, fw_im_lo = _load_matrix(w_fwd_ptr, WK * W, W, 1, WK, W, WKP, WP, DOT_DTYPE,
-                                          SPLIT)
-        fwt_re_hi, fwt_re_lo = _load_matrix(w_fwd_ptr, 0, 1, W, W, WK, WP, WKP, DOT_DTYPE,
-                                            SPLIT)
-        fwt_im_hi, fwt_im_lo = _load_matrix(w_fwd_ptr, WK * W, 1, W, W, WK, WP, WKP,
-                                            DOT_DTYPE, SPLIT)
+        # Adjoints: of "@ M1" is "@ M1^T", of "@ M4" is "@ M4^T"; of "conj(Fh) @" is "Fh @"
+        # and of "Fh @" is "conj(Fh) @" (symmetric matrices, conjugate transposes).
+        m1_hi, m1_lo = _load_w_matrix(w_fwd_ptr, WK * W, W, 1, W, WK, WP, S, False,
+                                      DOT_DTYPE, SPLIT)
+        m1t_hi, m1t_lo = _load_w_matrix(w_fwd_ptr, WK * W, W, 1, W, WK, WP, S, True,
+                                        DOT_DTYPE, SPLIT)
+        m4t_hi, m4t_lo = _load_w_matrix(w_inv_ptr, WK, 1, 2 * WK, W, WK, WP, S, False,
+                                        DOT_DTYPE, SPLIT)
         fh_re_hi, fh_re_lo = _load_matrix(h_fwd_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE,
                                           SPLIT)
         fh_im_hi, fh_im_lo = _load_matrix(h_fwd_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
@@ -413,70 +428,61 @@ if _TRITON_IMPORT_ERROR is None:
                                           SPLIT)
         gh_im_hi, gh_im_lo = _load_matrix(h_inv_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
                                           DOT_DTYPE, SPLIT)
-        gwt_re_hi, gwt_re_lo = _load_matrix(w_inv_ptr, 0, 1, 2 * WK, WK, W, WKP, WP,
-                                            DOT_DTYPE, SPLIT)
-        gwt_im_hi, gwt_im_lo = _load_matrix(w_inv_ptr, WK, 1, 2 * WK, WK, W, WKP, WP,
-                                            DOT_DTYPE, SPLIT)
         k_re, k_im = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
-                                  H, WK, HP, WKP, BLOCK_C)
-        k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), WKP, BLOCK_C,
-                                         HP, SCALE)
+                                  H, WK, HP, S, BLOCK_C)
+        k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), HP, BLOCK_C,
+                                         S // 2, SCALE)
         if SCALE:
-            k_re = _scaled(k_re, k_scale, WKP, BLOCK_C, HP)
-            k_im = _scaled(k_im, k_scale, WKP, BLOCK_C, HP)
+            k_re = _scaled(k_re, k_scale, HP, BLOCK_C, S // 2)
+            k_im = _scaled(k_im, k_scale, HP, BLOCK_C, S // 2)
 
-        dk_re = tl.zeros((WKP * BLOCK_C, HP), dtype=tl.float32)
-        dk_im = tl.zeros((WKP * BLOCK_C, HP), dtype=tl.float32)
+        dk_re = tl.zeros((HP, N), dtype=tl.float32)
+        dk_im = tl.zeros((HP, N), dtype=tl.float32)
         for b in range(b_start, b_end):  # fixed order, so dK partials are reproducible
             x = _load_grid(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
                            H, W, HP, WP, BLOCK_C)
             dy = _load_grid(grad_y_ptr, b * sg_b + c0 * sg_c, n_channels, sg_h, sg_w, sg_c,
                             H, W, HP, WP, BLOCK_C)
-            x_scale, x_unscale = _grid_scale(x, WP, BLOCK_C, HP, SCALE)
-            dy_scale, dy_unscale = _grid_scale(dy, WP, BLOCK_C, HP, SCALE)
+            x_scale, x_unscale = _grid_scale(x, HP, BLOCK_C, WP, SCALE)
+            dy_scale, dy_unscale = _grid_scale(dy, HP, BLOCK_C, WP, SCALE)
             if SCALE:
-                x = _scaled(x, x_scale, WP, BLOCK_C, HP)
-                dy = _scaled(dy, dy_scale, WP, BLOCK_C, HP)
-            s_re, s_im = _spectrum(x, fw_re_hi, fw_re_lo, fw_im_hi, fw_im_lo, fh_re_hi,
-                                   fh_re_lo, fh_im_hi, fh_im_lo, HP, WKP, BLOCK_C, DOT_DTYPE,
-                                   SPLIT)
+                x = _scaled(x, x_scale, HP, BLOCK_C, WP)
+                dy = _scaled(dy, dy_scale, HP, BLOCK_C, WP)
+            s_re, s_im = _spectrum(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo,
+                                   HP, S, BLOCK_C, DOT_DTYPE, SPLIT)
 
             # D, the gradient reaching the gated spectrum: adjoints of the two inverses.
-            dz_re = tl.reshape(_matrix_times_data(gwt_re_hi, gwt_re_lo, dy, DOT_DTYPE, SPLIT),
-                               (WKP * BLOCK_C, HP))
-            dz_im = tl.reshape(_matrix_times_data(gwt_im_hi, gwt_im_lo, dy, DOT_DTYPE, SPLIT),
-                               (WKP * BLOCK_C, HP))
-            d_re, d_im = _complex_times_matrix(dz_re, dz_im, fh_re_hi, fh_re_lo, fh_im_hi,
-                                               fh_im_lo, DOT_DTYPE, SPLIT)
+            dy_hi, dy_lo = _split(dy, DOT_DTYPE, SPLIT)
+            dz = tl.reshape(_mm(dy_hi, dy_lo, m4t_hi, m4t_lo, SPLIT), (HP, 2 * N))
+            d_re, d_im = _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, dz, HP, N,
+                                       DOT_DTYPE, SPLIT)
 
             pk_re = s_re * d_re + s_im * d_im
             pk_im = s_re * d_im - s_im * d_re
             if SCALE:
-                pk_re = _scaled(pk_re, x_unscale * dy_unscale, WKP, BLOCK_C, HP)
-                pk_im = _scaled(pk_im, x_unscale * dy_unscale, WKP, BLOCK_C, HP)
+                pk_re = _scaled(pk_re, x_unscale * dy_unscale, HP, BLOCK_C, S // 2)
+                pk_im = _scaled(pk_im, x_unscale * dy_unscale, HP, BLOCK_C, S // 2)
             dk_re += pk_re
             dk_im += pk_im
 
             # D * conj(K), then the adjoints of the H and W forward transforms.
-            ds_re = d_re * k_re + d_im * k_im
-            ds_im = d_im * k_re - d_re * k_im
-            da_re, da_im = _complex_times_matrix(ds_re, ds_im, gh_re_hi, gh_re_lo, gh_im_hi,
-                                                 gh_im_lo, DOT_DTYPE, SPLIT)
-            da_re = tl.reshape(da_re, (WKP, BLOCK_C * HP))
-            da_im = tl.reshape(da_im, (WKP, BLOCK_C * HP))
-            dx = (_matrix_times_data(fwt_re_hi, fwt_re_lo, da_re, DOT_DTYPE, SPLIT)
-                  + _matrix_times_data(fwt_im_hi, fwt_im_lo, da_im, DOT_DTYPE, SPLIT))
+            ds = _stacked(d_re * k_re + d_im * k_im, d_im * k_re - d_re * k_im, HP, 2 * N)
+            da_re, da_im = _complex_left(gh_re_hi, gh_re_lo, gh_im_hi, gh_im_lo, ds, HP, N,
+                                         DOT_DTYPE, SPLIT)
+            da = _stacked(da_re, da_im, HP * BLOCK_C, S)
+            da_hi, da_lo = _split(da, DOT_DTYPE, SPLIT)
+            dx = _mm(da_hi, da_lo, m1t_hi, m1t_lo, SPLIT)
             if SCALE:
-                dx = _scaled(dx, dy_unscale * k_unscale, WP, BLOCK_C, HP)
+                dx = _scaled(dx, dy_unscale * k_unscale, HP, BLOCK_C, WP)
             _store_grid(grad_x_ptr, b * (H * W * C) + c0, dx, C, n_channels,
                         H, W, HP, WP, BLOCK_C)
 
         # This group's partial slot in the (groups, H, WK, C, 2) buffer.
-        kk, cc, hh, mask = _spectrum_offsets(n_channels, H, WK, HP, WKP, BLOCK_C)
+        hh, cc, kk, mask = _spectrum_offsets(n_channels, H, WK, HP, S, BLOCK_C)
         p_ptr = (grad_k_partial_ptr + group * (H * WK * C * 2) + c0 * 2
                  + hh * (WK * C * 2) + kk * (C * 2) + cc * 2)
-        tl.store(p_ptr, tl.reshape(dk_re, (WKP, BLOCK_C, HP)), mask=mask)
-        tl.store(p_ptr + 1, tl.reshape(dk_im, (WKP, BLOCK_C, HP)), mask=mask)
+        tl.store(p_ptr, tl.reshape(dk_re, (HP, BLOCK_C, S // 2)), mask=mask)
+        tl.store(p_ptr + 1, tl.reshape(dk_im, (HP, BLOCK_C, S // 2)), mask=mask)
 
     def _prune(kernel, configs, named_args, **kwargs):
         """The autotuner's candidates: ``kept_configs`` for this shape (never empty here,
@@ -507,13 +513,14 @@ if _TRITON_IMPORT_ERROR is None:
 
 
 def kernel_constants(h: int, w: int) -> dict:
-    """The grid constexprs of both kernels: true and padded H, W and Wk = W//2+1."""
+    """The grid constexprs of both kernels: true and padded H and W, Wk = W//2+1, and S, the
+    padded width of the stacked half spectrum (2*Wk interleaved real and imaginary parts)."""
     wk = w // 2 + 1
-    return dict(H=h, W=w, WK=wk, HP=_padded(h), WP=_padded(w), WKP=_padded(wk))
+    return dict(H=h, W=w, WK=wk, HP=_padded(h), WP=_padded(w), S=_padded(2 * wk))
 
 
 # Resource model behind the autotune pruner, calibrated on ptxas -v output for sm_90a
-# (benchmarks/triton_resources.py). In tile elements T = BLOCK_C * HP * max(WP, WKP) and
+# (benchmarks/triton_resources.py). In tile elements T = BLOCK_C * HP * max(WP, S) and
 # M = max(HP, WP)**2 (one DFT matrix): shared bytes ~ a*M + b*T + c, an upper bound on
 # every measured config; registers spill once a thread holds more than about E tile
 # elements or more than MATRIX_ELEMENTS_PER_THREAD elements of one matrix.
@@ -567,8 +574,8 @@ def no_config_reason(kernel: str, dtype: str, h: int, w: int) -> str:
 def estimate_resources(kernel: str, dtype: str, h: int, w: int, block_c: int,
                        num_warps: int) -> dict:
     """Estimated shared bytes and per-thread load of one config (``dtype``: fp32/bf16/fp16)."""
-    hp, wp, wkp = _padded(h), _padded(w), _padded(w // 2 + 1)
-    tile = block_c * hp * max(wp, wkp)
+    hp, wp, s = _padded(h), _padded(w), _padded(2 * (w // 2 + 1))
+    tile = block_c * hp * max(wp, s)
     matrix = max(hp, wp) ** 2
     key = (kernel, dtype != "fp32")
     a, b, c = _SMEM_MODEL[key]
@@ -653,7 +660,7 @@ def _interpreter_config(x: torch.Tensor) -> dict:
     if not INTERPRETED:
         return {}
     _, h, w, c = x.shape
-    return {"BLOCK_C": _heuristic_block_c(c, _padded(h) * max(_padded(w), _padded(w // 2 + 1)))}
+    return {"BLOCK_C": _heuristic_block_c(c, _padded(h) * max(_padded(w), _padded(2 * (w // 2 + 1))))}
 
 
 def _device_guard(x: torch.Tensor):
