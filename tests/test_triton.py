@@ -94,6 +94,42 @@ def test_batch_split_across_programs_and_strided_inputs():
     check_against_oracle(x, weight, grad, seed)
 
 
+def test_fp16_large_magnitudes_do_not_overflow():
+    """|X| reaches sqrt(HW) * max|x|: fp16 intermediates would overflow here (6e4 * 8 on an
+    8x8 grid) where the output, about 3e4, fits fp16. The kernels scale each channel by a
+    power of two before rounding to fp16 operands."""
+    x = torch.full((2, 8, 8, 5), 6.0e4).to(DEVICE, torch.float16)
+    x[1, :, :, 2] = -3.0e4
+    weight = torch.zeros(8, 5, 5, 2, device=DEVICE)
+    weight[..., 0] = 0.5
+    grad = x.clone()
+    check_against_oracle(x, weight, grad, seed=None)
+    y = triton_backend.spectral_gate_triton(x, weight)
+    assert y.abs().max().item() == pytest.approx(3.0e4, rel=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_each_channel_keeps_its_own_accuracy(dtype):
+    """Channels (and filter channels) whose magnitudes differ by many orders: each channel
+    meets the bar on its own, so no channel's scale costs another one precision."""
+    x, weight, grad, seed = make_inputs((3, 9, 14, 12), dtype)
+    fp32 = dtype == torch.float32
+    span = 25 if fp32 else 3  # decades; every result stays a normal number of the dtype
+    exponents = torch.linspace(-span, span, 12, device=DEVICE)
+    x = (x.double() * 10.0 ** exponents).to(dtype)
+    grad = (grad.double() * 10.0 ** exponents.flip(0)).to(dtype)
+    weight = weight * 10.0 ** (-exponents / 5 if fp32 else 0 * exponents).float()[:, None]
+    y = triton_backend.spectral_gate_triton(x, weight)
+    grad_x, grad_weight = triton_backend.spectral_gate_triton_backward(grad, x, weight)
+    y64, gx64, gw64 = oracle(x, weight, grad)
+    tol = TOLERANCE[dtype]
+    for name, got, want in (("y", y, y64), ("dx", grad_x, gx64), ("dK", grad_weight, gw64)):
+        for c in range(x.shape[-1]):
+            err = rel_err(got[..., c, :] if name == "dK" else got[..., c],
+                          want[..., c, :] if name == "dK" else want[..., c])
+            assert err <= tol, f"{name} channel {c}: rel err {err:.2e} > {tol} (seed {seed})"
+
+
 def test_grad_weight_is_bitwise_deterministic():
     x, weight, grad, _ = make_inputs((2 * triton_backend.BATCH_PER_PROGRAM + 1, 7, 9, 21),
                                      torch.float32)
