@@ -84,6 +84,8 @@ class _Matrices:
         self.h_forward = DeviceTensor((2 * h, 2 * h), torch.float32)
         self.h_inverse = DeviceTensor((2 * h, 2 * h), torch.float32)
         self.w_inverse = DeviceTensor((w, 2 * wk), torch.float32)
+        self.forward = DeviceTensor((h * w, 2 * h * wk), torch.float32)  # the dense maps
+        self.inverse = DeviceTensor((2 * h * wk, h * w), torch.float32)
 
 
 def launch_arguments(kernel: str, dtype: str, batch: int, h: int, w: int, c: int) -> dict:
@@ -119,7 +121,7 @@ def compile_config(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
 
     if tb.INTERPRETED:
         raise RuntimeError("TRITON_INTERPRET=1 is set: the kernels are interpreted, not compiled")
-    fn = tb._forward_kernel if kernel == "forward" else tb._backward_kernel
+    fn = tb.kernel_function(kernel, h, w)
     target = GPUTarget("cuda", 90, 32)
     config = triton.Config({"BLOCK_C": block_c}, num_warps=num_warps, num_stages=num_stages)
     options, signature, constexprs, attrs = tb.specialization(

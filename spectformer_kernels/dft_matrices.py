@@ -94,3 +94,41 @@ def dft_matrices(h: int, w: int, dtype: torch.dtype, device: torch.device) -> DF
         )
         _device_cache[key] = mats
     return mats
+
+
+@lru_cache(maxsize=None)
+def _float64_dense_maps(h: int, w: int) -> tuple:
+    """The whole 2-D transform pair of a small grid as two real matrices (float64).
+
+    ``forward`` ``(H*W, 2*H*Wk)`` maps a row-major grid (index ``h*W + w``) to the half
+    spectrum with real and imaginary parts interleaved (index ``(h'*Wk + k)*2 + part``);
+    ``inverse`` ``(2*H*Wk, H*W)`` maps such a spectrum back with the CPU ``irfft2`` rules.
+    Both are the separable matrices above, composed."""
+    base = _float64_matrices(h, w)
+    wk = w // 2 + 1
+    fw_re, fw_im = base.w_forward[:wk], base.w_forward[wk:]  # (Wk, W)
+    fh_re, fh_im = base.h_forward[0::2, 0::2], base.h_forward[1::2, 0::2]  # (H', H)
+    gh_re, gh_im = base.h_inverse[0::2, 0::2], base.h_inverse[1::2, 0::2]  # (H, H')
+    gw_re, gw_im = base.w_inverse[:, :wk], base.w_inverse[:, wk:]  # (W, Wk)
+    forward = torch.stack([
+        torch.einsum("ab,kw->bwak", fh_re, fw_re) - torch.einsum("ab,kw->bwak", fh_im, fw_im),
+        torch.einsum("ab,kw->bwak", fh_re, fw_im) + torch.einsum("ab,kw->bwak", fh_im, fw_re),
+    ], -1).reshape(h * w, 2 * h * wk)
+    # y[h, w] = sum over (h', k) of gw_re[w, k] Re Z[h, k] + gw_im[w, k] Im Z[h, k], with
+    # Z = Gh G: the coefficients of Re G[h', k] and Im G[h', k].
+    inverse = torch.stack([
+        torch.einsum("wk,ba->akbw", gw_re, gh_re) + torch.einsum("wk,ba->akbw", gw_im, gh_im),
+        torch.einsum("wk,ba->akbw", gw_im, gh_re) - torch.einsum("wk,ba->akbw", gw_re, gh_im),
+    ], 2).reshape(2 * h * wk, h * w)
+    return forward, inverse
+
+
+def dense_maps(h: int, w: int, dtype: torch.dtype, device: torch.device) -> tuple:
+    """Cached ``(forward, inverse)`` dense maps of an (h, w) grid in ``dtype`` on ``device``."""
+    key = ("dense", h, w, dtype, torch.device(device))
+    maps = _device_cache.get(key)
+    if maps is None:
+        maps = tuple(t.to(device=device, dtype=dtype).contiguous()
+                     for t in _float64_dense_maps(h, w))
+        _device_cache[key] = maps
+    return maps

@@ -78,11 +78,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
-from .dft_matrices import dft_matrices
+from .dft_matrices import dense_maps, dft_matrices
 
 try:
     import triton
@@ -97,6 +97,7 @@ else:
 INTERPRETED = _TRITON_IMPORT_ERROR is None and os.environ.get("TRITON_INTERPRET") == "1"
 
 MAX_GRID = 64  # largest H or W the register-tiled kernels take
+DENSE_MAX = 64  # largest padded H*W (and 2*H*Wk) of the dense-map kernels
 BATCH_PER_PROGRAM = 8  # batch elements whose dK one backward program sums before writing
 MIN_DOT = 16  # smallest matrix side a tl.dot operand may have on every GPU target
 TILE_ELEMENTS = 4096  # BLOCK_C * H_pad * W_pad budget for the heuristic (interpreter) config
@@ -484,6 +485,166 @@ if _TRITON_IMPORT_ERROR is None:
         tl.store(p_ptr, tl.reshape(dk_re, (HP, BLOCK_C, S // 2)), mask=mask)
         tl.store(p_ptr + 1, tl.reshape(dk_im, (HP, BLOCK_C, S // 2)), mask=mask)
 
+    @triton.jit
+    def _dense_offsets(n_channels, H: tl.constexpr, W: tl.constexpr, HW: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+        """Channel and (h, w) index tiles and mask of a (BLOCK_C, HW) whole-grid tile."""
+        cc = tl.arange(0, BLOCK_C)[:, None]
+        j = tl.arange(0, HW)[None, :]
+        return cc, j // W, j % W, (cc < n_channels) & (j < H * W)
+
+    @triton.jit
+    def _dense_load(ptr, base, n_channels, s_h, s_w, s_c, H: tl.constexpr, W: tl.constexpr,
+                    HW: tl.constexpr, BLOCK_C: tl.constexpr):
+        """A (BLOCK_C, HW) fp32 tile of a channels-last grid: rows c, columns h*W + w."""
+        cc, hh, ww, mask = _dense_offsets(n_channels, H, W, HW, BLOCK_C)
+        tile = tl.load(ptr + base + cc * s_c + hh * s_h + ww * s_w, mask=mask, other=0.0)
+        return tile.to(tl.float32)
+
+    @triton.jit
+    def _dense_store(ptr, base, value, C, n_channels, H: tl.constexpr, W: tl.constexpr,
+                     HW: tl.constexpr, BLOCK_C: tl.constexpr):
+        cc, hh, ww, mask = _dense_offsets(n_channels, H, W, HW, BLOCK_C)
+        tl.store(ptr + base + cc + (hh * W + ww) * C, _to_storage(value, ptr.dtype.element_ty),
+                 mask=mask)
+
+    @triton.jit
+    def _dense_spectrum_offsets(n_channels, H: tl.constexpr, WK: tl.constexpr,
+                                SD: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Channel and (h, k) index tiles and mask of a (BLOCK_C, SD // 2) half spectrum."""
+        cc = tl.arange(0, BLOCK_C)[:, None]
+        j = tl.arange(0, SD // 2)[None, :]
+        return cc, j // WK, j % WK, (cc < n_channels) & (j < H * WK)
+
+    @triton.jit
+    def _dense_load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
+                           H: tl.constexpr, WK: tl.constexpr, SD: tl.constexpr,
+                           BLOCK_C: tl.constexpr):
+        cc, hh, kk, mask = _dense_spectrum_offsets(n_channels, H, WK, SD, BLOCK_C)
+        k_ptr = weight_ptr + (c0 + cc) * sk_c + hh * sk_h + kk * sk_k
+        return (tl.load(k_ptr, mask=mask, other=0.0).to(tl.float32),
+                tl.load(k_ptr + sk_p, mask=mask, other=0.0).to(tl.float32))
+
+    @triton.jit
+    def _dense_map(ptr, n_in, n_out, stride_in, stride_out, ROWS: tl.constexpr,
+                   COLS: tl.constexpr, DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
+        """A dense map (rows: n_in inputs, columns: n_out outputs) zero-padded to
+        (ROWS, COLS) and split for the dots."""
+        r = tl.arange(0, ROWS)[:, None]
+        c = tl.arange(0, COLS)[None, :]
+        m = tl.load(ptr + r * stride_in + c * stride_out, mask=(r < n_in) & (c < n_out),
+                    other=0.0)
+        return _split(m, DOT_DTYPE, SPLIT)
+
+    @triton.jit
+    def _times_map(v, m_hi, m_lo, ROWS: tl.constexpr, N: tl.constexpr,
+                   DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
+        """``v @ m`` for a map whose output columns interleave (re, im): re, im (ROWS, N)."""
+        v_hi, v_lo = _split(v, DOT_DTYPE, SPLIT)
+        return tl.split(tl.reshape(_mm(v_hi, v_lo, m_hi, m_lo, SPLIT), (ROWS, N, 2)))
+
+    @triton.jit
+    def _dense_forward_kernel(
+        x_ptr, weight_ptr, y_ptr, fwd_map_ptr, inv_map_ptr,
+        B, C, sx_b, sx_h, sx_w, sx_c, sk_h, sk_k, sk_c, sk_p,
+        H: tl.constexpr, W: tl.constexpr, WK: tl.constexpr, HW: tl.constexpr,
+        SD: tl.constexpr, BLOCK_C: tl.constexpr, BATCH_PER_PROGRAM: tl.constexpr,
+        DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, SCALE: tl.constexpr,
+    ):
+        """Small grids: the whole rfft2 and the whole inverse are one matrix each
+        (``dft_matrices.dense_maps``), so a batch element is two products on a (BLOCK_C,
+        H*W) tile with channels as rows; no regrouping between stages."""
+        c0 = tl.program_id(0).to(tl.int64) * BLOCK_C
+        b_start = tl.program_id(1).to(tl.int64) * BATCH_PER_PROGRAM
+        b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
+        n_channels = C - c0
+        f_hi, f_lo = _dense_map(fwd_map_ptr, H * W, 2 * H * WK, 2 * H * WK, 1, HW, SD,
+                                DOT_DTYPE, SPLIT)
+        g_hi, g_lo = _dense_map(inv_map_ptr, 2 * H * WK, H * W, H * W, 1, SD, HW,
+                                DOT_DTYPE, SPLIT)
+        k_re, k_im = _dense_load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
+                                        H, WK, SD, BLOCK_C)
+        k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), 1, BLOCK_C,
+                                         SD // 2, SCALE)
+        if SCALE:
+            k_re = _scaled(k_re, k_scale, 1, BLOCK_C, SD // 2)
+            k_im = _scaled(k_im, k_scale, 1, BLOCK_C, SD // 2)
+        for b in range(b_start, b_end):
+            x = _dense_load(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
+                            H, W, HW, BLOCK_C)
+            x_scale, x_unscale = _grid_scale(x, 1, BLOCK_C, HW, SCALE)
+            if SCALE:
+                x = _scaled(x, x_scale, 1, BLOCK_C, HW)
+            s_re, s_im = _times_map(x, f_hi, f_lo, BLOCK_C, SD // 2, DOT_DTYPE, SPLIT)
+            g = _stacked(s_re * k_re - s_im * k_im, s_re * k_im + s_im * k_re, BLOCK_C, SD)
+            g_split_hi, g_split_lo = _split(g, DOT_DTYPE, SPLIT)
+            y = _mm(g_split_hi, g_split_lo, g_hi, g_lo, SPLIT)
+            if SCALE:
+                y = _scaled(y, x_unscale * k_unscale, 1, BLOCK_C, HW)
+            _dense_store(y_ptr, b * (H * W * C) + c0, y, C, n_channels, H, W, HW, BLOCK_C)
+
+    @triton.jit
+    def _dense_backward_kernel(
+        grad_y_ptr, x_ptr, weight_ptr, grad_x_ptr, grad_k_partial_ptr, fwd_map_ptr, inv_map_ptr,
+        B, C, sg_b, sg_h, sg_w, sg_c, sx_b, sx_h, sx_w, sx_c, sk_h, sk_k, sk_c, sk_p,
+        H: tl.constexpr, W: tl.constexpr, WK: tl.constexpr, HW: tl.constexpr,
+        SD: tl.constexpr, BLOCK_C: tl.constexpr, BATCH_PER_PROGRAM: tl.constexpr,
+        DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, SCALE: tl.constexpr,
+    ):
+        """The adjoint of ``_dense_forward_kernel``: the transposed maps, dK as in the
+        separable backward (conj(X) D summed over the group's batch elements in order)."""
+        c0 = tl.program_id(0).to(tl.int64) * BLOCK_C
+        group = tl.program_id(1).to(tl.int64)
+        b_start = group * BATCH_PER_PROGRAM
+        b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
+        n_channels = C - c0
+        f_hi, f_lo = _dense_map(fwd_map_ptr, H * W, 2 * H * WK, 2 * H * WK, 1, HW, SD,
+                                DOT_DTYPE, SPLIT)
+        ft_hi, ft_lo = _dense_map(fwd_map_ptr, 2 * H * WK, H * W, 1, 2 * H * WK, SD, HW,
+                                  DOT_DTYPE, SPLIT)
+        gt_hi, gt_lo = _dense_map(inv_map_ptr, H * W, 2 * H * WK, 1, H * W, HW, SD,
+                                  DOT_DTYPE, SPLIT)
+        k_re, k_im = _dense_load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
+                                        H, WK, SD, BLOCK_C)
+        k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), 1, BLOCK_C,
+                                         SD // 2, SCALE)
+        if SCALE:
+            k_re = _scaled(k_re, k_scale, 1, BLOCK_C, SD // 2)
+            k_im = _scaled(k_im, k_scale, 1, BLOCK_C, SD // 2)
+        dk_re = tl.zeros((BLOCK_C, SD // 2), dtype=tl.float32)
+        dk_im = tl.zeros((BLOCK_C, SD // 2), dtype=tl.float32)
+        for b in range(b_start, b_end):  # fixed order, so dK partials are reproducible
+            x = _dense_load(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
+                            H, W, HW, BLOCK_C)
+            dy = _dense_load(grad_y_ptr, b * sg_b + c0 * sg_c, n_channels, sg_h, sg_w, sg_c,
+                             H, W, HW, BLOCK_C)
+            x_scale, x_unscale = _grid_scale(x, 1, BLOCK_C, HW, SCALE)
+            dy_scale, dy_unscale = _grid_scale(dy, 1, BLOCK_C, HW, SCALE)
+            if SCALE:
+                x = _scaled(x, x_scale, 1, BLOCK_C, HW)
+                dy = _scaled(dy, dy_scale, 1, BLOCK_C, HW)
+            s_re, s_im = _times_map(x, f_hi, f_lo, BLOCK_C, SD // 2, DOT_DTYPE, SPLIT)
+            d_re, d_im = _times_map(dy, gt_hi, gt_lo, BLOCK_C, SD // 2, DOT_DTYPE, SPLIT)
+            pk_re = s_re * d_re + s_im * d_im
+            pk_im = s_re * d_im - s_im * d_re
+            if SCALE:
+                pk_re = _scaled(pk_re, x_unscale * dy_unscale, 1, BLOCK_C, SD // 2)
+                pk_im = _scaled(pk_im, x_unscale * dy_unscale, 1, BLOCK_C, SD // 2)
+            dk_re += pk_re
+            dk_im += pk_im
+            ds = _stacked(d_re * k_re + d_im * k_im, d_im * k_re - d_re * k_im, BLOCK_C, SD)
+            ds_hi, ds_lo = _split(ds, DOT_DTYPE, SPLIT)
+            dx = _mm(ds_hi, ds_lo, ft_hi, ft_lo, SPLIT)
+            if SCALE:
+                dx = _scaled(dx, dy_unscale * k_unscale, 1, BLOCK_C, HW)
+            _dense_store(grad_x_ptr, b * (H * W * C) + c0, dx, C, n_channels, H, W, HW,
+                         BLOCK_C)
+        cc, hh, kk, mask = _dense_spectrum_offsets(n_channels, H, WK, SD, BLOCK_C)
+        p_ptr = (grad_k_partial_ptr + group * (H * WK * C * 2) + (c0 + cc) * 2
+                 + hh * (WK * C * 2) + kk * (C * 2))
+        tl.store(p_ptr, dk_re, mask=mask)
+        tl.store(p_ptr + 1, dk_im, mask=mask)
+
     def _prune(kernel, configs, named_args, **kwargs):
         """The autotuner's candidates: ``kept_configs`` for this shape (never empty here,
         because ``supports`` declines shapes without a fitting config)."""
@@ -504,18 +665,74 @@ if _TRITON_IMPORT_ERROR is None:
         triton.Config({"BLOCK_C": bc}, num_warps=nw)
         for bc in (1, 2, 4, 8, 16, 32) for nw in (2, 4, 8)
     ]
-    _forward_tuned = triton.autotune(
-        _AUTOTUNE_CONFIGS, key=["H", "W", "C"],
-        prune_configs_by={"early_config_prune": _prune_forward})(_forward_kernel)
-    _backward_tuned = triton.autotune(
-        _AUTOTUNE_CONFIGS, key=["H", "W", "C"],
-        prune_configs_by={"early_config_prune": _prune_backward})(_backward_kernel)
+    # The dense-map kernels have channels as the rows of every product: blocks of 64 and
+    # more fill a warpgroup MMA.
+    _DENSE_CONFIGS = [
+        triton.Config({"BLOCK_C": bc}, num_warps=nw)
+        for bc in (16, 32, 64, 128) for nw in (4, 8)
+    ]
+
+    def _tuned(fn, configs, prune):
+        return triton.autotune(configs, key=["H", "W", "C"],
+                               prune_configs_by={"early_config_prune": prune})(fn)
+
+    _KERNELS = {  # (kernel, dense) -> (jit function, autotuned launcher)
+        ("forward", False): (_forward_kernel,
+                             _tuned(_forward_kernel, _AUTOTUNE_CONFIGS, _prune_forward)),
+        ("backward", False): (_backward_kernel,
+                              _tuned(_backward_kernel, _AUTOTUNE_CONFIGS, _prune_backward)),
+        ("forward", True): (_dense_forward_kernel,
+                            _tuned(_dense_forward_kernel, _DENSE_CONFIGS, _prune_forward)),
+        ("backward", True): (_dense_backward_kernel,
+                             _tuned(_dense_backward_kernel, _DENSE_CONFIGS, _prune_backward)),
+    }
+
+
+class DenseMaps(NamedTuple):
+    forward: torch.Tensor  # (H*W, 2*H*Wk), see dft_matrices.dense_maps
+    inverse: torch.Tensor  # (2*H*Wk, H*W)
+
+
+def uses_dense_map(h: int, w: int) -> bool:
+    """Grids whose whole transform fits one small matrix per direction (padded H*W and
+    2*H*Wk at most DENSE_MAX) take the dense-map kernels; larger ones the separable ones."""
+    return _padded(h * w) <= DENSE_MAX and _padded(2 * h * (w // 2 + 1)) <= DENSE_MAX
+
+
+def kernel_function(kernel: str, h: int, w: int, tuned: bool = False):
+    """The jit function (or its autotuned launcher) that runs ``kernel`` on an h x w grid."""
+    return _KERNELS[(kernel, uses_dense_map(h, w))][1 if tuned else 0]
+
+
+def kernel_matrices(h: int, w: int, device) -> object:
+    """The fp32 matrices the kernels of an h x w grid read."""
+    if uses_dense_map(h, w):
+        return DenseMaps(*dense_maps(h, w, torch.float32, device))
+    return dft_matrices(h, w, torch.float32, device)
+
+
+def _matrix_arguments(h: int, w: int, mats) -> dict:
+    if uses_dense_map(h, w):
+        return dict(fwd_map_ptr=mats.forward, inv_map_ptr=mats.inverse)
+    return dict(w_fwd_ptr=mats.w_forward, h_fwd_ptr=mats.h_forward, h_inv_ptr=mats.h_inverse,
+                w_inv_ptr=mats.w_inverse)
+
+
+def _tile_elements(h: int, w: int) -> int:
+    """Padded elements of one channel's tile (the wider of the grid and spectrum tiles)."""
+    k = kernel_constants(h, w)
+    if uses_dense_map(h, w):
+        return max(k["HW"], k["SD"])
+    return k["HP"] * max(k["WP"], k["S"])
 
 
 def kernel_constants(h: int, w: int) -> dict:
-    """The grid constexprs of both kernels: true and padded H and W, Wk = W//2+1, and S, the
-    padded width of the stacked half spectrum (2*Wk interleaved real and imaginary parts)."""
+    """The grid constexprs: H, W and Wk = W//2+1, and for the separable kernels padded H and
+    W and S, the padded width of the stacked half spectrum (2*Wk interleaved real and
+    imaginary parts); for the dense-map kernels the padded H*W and 2*H*Wk."""
     wk = w // 2 + 1
+    if uses_dense_map(h, w):
+        return dict(H=h, W=w, WK=wk, HW=_padded(h * w), SD=_padded(2 * h * wk))
     return dict(H=h, W=w, WK=wk, HP=_padded(h), WP=_padded(w), S=_padded(2 * wk))
 
 
@@ -551,9 +768,10 @@ def kept_configs(kernel: str, dtype: str, h: int, w: int, c: int,
     ``supports`` declines the shape and ``auto`` falls back."""
     from .triton_sm90_resources import RESOURCES
 
-    candidates = [cfg for cfg in _AUTOTUNE_CONFIGS if cfg.kwargs["BLOCK_C"] < 2 * c]
+    configs = _DENSE_CONFIGS if uses_dense_map(h, w) else _AUTOTUNE_CONFIGS
+    candidates = [cfg for cfg in configs if cfg.kwargs["BLOCK_C"] < 2 * c]
     kept = []
-    for cfg in candidates or _AUTOTUNE_CONFIGS:
+    for cfg in candidates or configs:
         block_c, warps = cfg.kwargs["BLOCK_C"], cfg.num_warps
         if not estimate_resources(kernel, dtype, h, w, block_c, warps)["fits"]:
             continue
@@ -574,9 +792,9 @@ def no_config_reason(kernel: str, dtype: str, h: int, w: int) -> str:
 def estimate_resources(kernel: str, dtype: str, h: int, w: int, block_c: int,
                        num_warps: int) -> dict:
     """Estimated shared bytes and per-thread load of one config (``dtype``: fp32/bf16/fp16)."""
-    hp, wp, s = _padded(h), _padded(w), _padded(2 * (w // 2 + 1))
-    tile = block_c * hp * max(wp, s)
-    matrix = max(hp, wp) ** 2
+    tile = block_c * _tile_elements(h, w)
+    # The dense maps are read from shared memory by the MMAs, not held in registers.
+    matrix = 0 if uses_dense_map(h, w) else max(_padded(h), _padded(w)) ** 2
     key = (kernel, dtype != "fp32")
     a, b, c = _SMEM_MODEL[key]
     threads = 32 * num_warps
@@ -613,9 +831,7 @@ def forward_arguments(x, weight, y, mats) -> dict:
     specialization from it (``specialization``), so they compile what runs."""
     _, h, w, c = x.shape
     return dict(
-        x_ptr=x, weight_ptr=weight, y_ptr=y, w_fwd_ptr=mats.w_forward,
-        h_fwd_ptr=mats.h_forward, h_inv_ptr=mats.h_inverse, w_inv_ptr=mats.w_inverse,
-        B=x.shape[0], C=c, **dict(zip(("sx_b", "sx_h", "sx_w", "sx_c"), x.stride())),
+        x_ptr=x, weight_ptr=weight, y_ptr=y, **_matrix_arguments(h, w, mats), B=x.shape[0], C=c, **dict(zip(("sx_b", "sx_h", "sx_w", "sx_c"), x.stride())),
         **dict(zip(("sk_h", "sk_k", "sk_c", "sk_p"), weight.stride())),
         **kernel_constants(h, w), BATCH_PER_PROGRAM=BATCH_PER_PROGRAM,
         **_precision(x.dtype),
@@ -627,9 +843,7 @@ def backward_arguments(grad_y, x, weight, grad_x, grad_k_partials, mats) -> dict
     b, h, w, c = x.shape
     return dict(
         grad_y_ptr=grad_y, x_ptr=x, weight_ptr=weight, grad_x_ptr=grad_x,
-        grad_k_partial_ptr=grad_k_partials, w_fwd_ptr=mats.w_forward,
-        h_fwd_ptr=mats.h_forward, h_inv_ptr=mats.h_inverse, w_inv_ptr=mats.w_inverse,
-        B=b, C=c, **dict(zip(("sg_b", "sg_h", "sg_w", "sg_c"), grad_y.stride())),
+        grad_k_partial_ptr=grad_k_partials, **_matrix_arguments(h, w, mats), B=b, C=c, **dict(zip(("sg_b", "sg_h", "sg_w", "sg_c"), grad_y.stride())),
         **dict(zip(("sx_b", "sx_h", "sx_w", "sx_c"), x.stride())),
         **dict(zip(("sk_h", "sk_k", "sk_c", "sk_p"), weight.stride())),
         **kernel_constants(h, w), BATCH_PER_PROGRAM=BATCH_PER_PROGRAM,
@@ -647,7 +861,7 @@ def specialization(kernel: str, arguments: dict, config, target) -> tuple:
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    fn = _forward_kernel if kernel == "forward" else _backward_kernel
+    fn = kernel_function(kernel, arguments["H"], arguments["W"])
     backend = make_backend(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     kwargs = {**arguments, **config.all_kwargs()}
@@ -660,7 +874,7 @@ def _interpreter_config(x: torch.Tensor) -> dict:
     if not INTERPRETED:
         return {}
     _, h, w, c = x.shape
-    return {"BLOCK_C": _heuristic_block_c(c, _padded(h) * max(_padded(w), _padded(2 * (w // 2 + 1))))}
+    return {"BLOCK_C": _heuristic_block_c(c, _tile_elements(h, w))}
 
 
 def _device_guard(x: torch.Tensor):
@@ -672,8 +886,8 @@ def spectral_gate_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     y = _empty(x.shape, dtype=x.dtype, device=x.device)
     if b == 0:
         return y
-    mats = dft_matrices(h, w, torch.float32, x.device)
-    kernel = _forward_kernel if INTERPRETED else _forward_tuned
+    mats = kernel_matrices(h, w, x.device)
+    kernel = kernel_function("forward", h, w, tuned=not INTERPRETED)
     groups = triton.cdiv(b, BATCH_PER_PROGRAM)
     grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), groups)  # noqa: E731
     with _device_guard(x):
@@ -690,9 +904,9 @@ def spectral_gate_triton_backward(
     grad_x = _empty(x.shape, dtype=x.dtype, device=x.device)
     if b == 0:
         return grad_x, torch.zeros_like(weight, memory_format=torch.contiguous_format)
-    mats = dft_matrices(h, w, torch.float32, x.device)
+    mats = kernel_matrices(h, w, x.device)
     grad_k_partials = _empty((groups, h, wk, c, 2), dtype=torch.float32, device=x.device)
-    kernel = _backward_kernel if INTERPRETED else _backward_tuned
+    kernel = kernel_function("backward", h, w, tuned=not INTERPRETED)
     grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), groups)  # noqa: E731
     with _device_guard(x):
         kernel[grid](**backward_arguments(grad_y, x, weight, grad_x, grad_k_partials, mats),
