@@ -669,7 +669,7 @@ if _TRITON_IMPORT_ERROR is None:
     # more fill a warpgroup MMA.
     _DENSE_CONFIGS = [
         triton.Config({"BLOCK_C": bc}, num_warps=nw)
-        for bc in (16, 32, 64, 128) for nw in (4, 8)
+        for bc in (16, 32, 64, 128) for nw in (2, 4, 8)
     ]
 
     def _tuned(fn, configs, prune):
