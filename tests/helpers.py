@@ -29,3 +29,14 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual = actual.detach().to("cpu", torch.float64)
     expected = expected.detach().to("cpu", torch.float64)
     return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
+def check_bf16_autocast_and_channels_last(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """A model in eval mode runs under bf16 autocast close to fp32, and channels-last inputs
+    and weights give the fp32 result."""
+    ref = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert rel_err(low, ref) < 5e-2
+    model = model.to(memory_format=torch.channels_last)
+    assert rel_err(model(x.to(memory_format=torch.channels_last)), ref) < 1e-5

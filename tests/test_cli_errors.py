@@ -19,12 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["--model", "spectformer_digits", "--data", "digits", "--img-size", "16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def refused(capsys, main, prog: str, argv: list[str]) -> str:

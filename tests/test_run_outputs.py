@@ -15,12 +15,7 @@ ARGS = ["--model", "spectformer_digits", "--data", "digits", "--img-size", "16",
         "--batch-size", "128", "--lr", "2e-3", "--warmup-epochs", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMING_COLUMNS = set(train.TIMING_COLUMNS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two threads on a loaded two-core machine are several times slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digits_args(output: Path, *extra: str) -> list[str]:
