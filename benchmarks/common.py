@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import platform
 import statistics
 import subprocess
 from pathlib import Path
@@ -67,22 +66,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def device_name(device) -> str:
+def environment(device) -> dict:
     import torch  # here, so torch-free tools (triton_resources) can share this module
 
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU {line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def environment(device) -> dict:
-    import torch
+    from spectformer.runtime import device_name
 
     try:
         import triton

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from spectformer import augment, checkpointing, config, data, train, validate
+from spectformer import augment, checkpointing, config, data, runtime, train, validate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMING_COLUMNS = set(train.TIMING_COLUMNS)
@@ -272,7 +272,7 @@ def test_weight_decay_exempts_norms_biases_and_pos_embed():
     import spectformer
 
     model = spectformer.create_model("spectformer_digits")
-    decay, no_decay = train.parameter_groups(model, 0.05)
+    decay, no_decay = runtime.parameter_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     exempt = {names[id(p)] for p in no_decay["params"]}
     assert "pos_embed" in exempt and "norm.weight" in exempt and "head.bias" in exempt
