@@ -402,6 +402,6 @@ def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
     """The resolved settings, loadable again with ``--config``."""
     import yaml
 
-    from .checkpointing import atomic_write_text
+    from .training_state import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from . import config as config_lib
 from .augment import MixupCutmix
-from .checkpointing import (
+from .training_state import (
     CHECKPOINT_FORMAT, CheckpointError, atomic_save, atomic_write, atomic_write_text,
     capture_rng_state, check_resume_compatible, load_state_strict, load_training_checkpoint,
     remove_stale_temporaries, restore_rng_state,

@@ -20,7 +20,7 @@ from .runtime import amp_dtype, default_device, evaluate, model_overrides, resol
 
 def training_settings(raw) -> dict:
     """The configuration a ``spectformer.train`` checkpoint records (empty for others)."""
-    from .checkpointing import CHECKPOINT_FORMAT
+    from .training_state import CHECKPOINT_FORMAT
 
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
         return dict(raw.get("config") or {})
@@ -32,7 +32,7 @@ def load_weights(model: nn.Module, raw, path: str, use_ema: bool, model_name: st
     loading path: containers unwrapped, grids resized); returns what was loaded."""
     import spectformer
 
-    from .checkpointing import CHECKPOINT_FORMAT
+    from .training_state import CHECKPOINT_FORMAT
 
     is_training = isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT
     if use_ema and not is_training:
@@ -103,7 +103,7 @@ def check_args(args: argparse.Namespace, device: torch.device) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import spectformer
 
-    from .checkpointing import atomic_write_text
+    from .training_state import atomic_write_text
     from .data import build_datasets, collate_skip_unreadable, image_spec
     from .models.checkpoint import read_checkpoint
 
