@@ -111,6 +111,14 @@ def append_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
         writer.writerows(rows)
 
 
+def run(args, benchmark, print_table, stem: str, fields: list[str], plot) -> list[dict]:
+    """A benchmark's main: measure, print the markdown table, save the rows (and plot)."""
+    rows = benchmark(args)
+    print_table(rows)
+    save_results(rows, args, stem, fields, plot)
+    return rows
+
+
 def save_results(rows: list[dict], args, stem: str, fields: list[str], plot) -> None:
     """``<out>/<stem>_{cpu,gpu}.csv`` (appended) and, with ``--plot``, the PNG beside it."""
     if args.no_save or not rows:

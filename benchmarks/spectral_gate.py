@@ -23,7 +23,7 @@ import torch
 
 import spectformer_kernels as sk
 from benchmarks.common import (
-    add_output_flags, environment, flatten, list_of, quartiles, save_results,
+    add_output_flags, environment, flatten, list_of, quartiles, run,
 )
 from benchmarks.shapes import SHAPES
 
@@ -230,11 +230,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
-    rows = benchmark(args)
-    print_table(rows)
-    save_results(rows, args, "spectral_gate", FIELDS, plot)
-    return rows
+    return run(parse_args(argv), benchmark, print_table, "spectral_gate", FIELDS, plot)
 
 
 if __name__ == "__main__":

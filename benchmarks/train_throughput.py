@@ -28,7 +28,7 @@ import torch
 import spectformer
 import spectformer_kernels as sk
 from benchmarks.common import (
-    add_output_flags, environment, flatten, list_of, quartiles, save_results,
+    add_output_flags, environment, flatten, list_of, quartiles, run,
 )
 from spectformer.augment import smooth_one_hot
 from spectformer.runtime import AMP_DTYPES, TrainStep, adamw
@@ -243,11 +243,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
-    rows = benchmark(args)
-    print_table(rows)
-    save_results(rows, args, "train_throughput", FIELDS, plot)
-    return rows
+    return run(parse_args(argv), benchmark, print_table, "train_throughput", FIELDS, plot)
 
 
 if __name__ == "__main__":
