@@ -10,6 +10,20 @@ import torch
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float64: 1e-12}
 
 
+# Grids every backend test covers: size 1, odd, non-square, non-power-of-two sides, and channel
+# counts that are not a multiple of any block size; test files add their own cases.
+AWKWARD_SHAPES = [
+    (2, 1, 1, 3),
+    (3, 5, 9, 7),
+    (2, 7, 6, 5),
+    (2, 11, 4, 13),
+    (2, 14, 14, 33),
+    (1, 12, 16, 10),
+    (1, 28, 28, 17),
+    (1, 56, 56, 9),
+]
+
+
 def fresh_seed() -> int:
     """A new seed every run (never the same inputs twice); printed in failure messages."""
     return secrets.randbits(31)

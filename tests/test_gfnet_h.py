@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import spectformer
-from helpers import check_bf16_autocast_and_channels_last, rel_err
+from helpers import rel_err
 from spectformer_kernels import SpectralGatingNetwork
 
 # name: (dims, depths, layer-scale init, drop path, exact params, paper params (M), paper GFLOPs)
@@ -208,7 +208,7 @@ def test_other_spectral_layers(layer):
     assert out.shape == (2, 5) and torch.isfinite(out).all()
 
 
-# -- compile, autocast, memory formats, FLOPs --------------------------------------------
+# -- compile and FLOPs (autocast and memory formats: test_models.py) --------------------------------------------
 
 def test_torch_compile_matches_eager():
     torch.manual_seed(0)
@@ -216,13 +216,6 @@ def test_torch_compile_matches_eager():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert rel_err(torch.compile(model)(x), model(x)) < 1e-5
-
-
-def test_bf16_autocast_and_channels_last():
-    torch.manual_seed(0)
-    model = spectformer.create_model("gfnet_h_ti", **TINY).eval()
-    x = torch.randn(2, 3, 64, 64)
-    check_bf16_autocast_and_channels_last(model, x)
 
 
 @pytest.mark.slow

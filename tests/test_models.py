@@ -512,12 +512,16 @@ def test_torch_compile_matches_eager_hierarchical():
         assert rel_err(torch.compile(model)(x), model(x)) < 1e-5
 
 
-@pytest.mark.parametrize("build", [lambda: spectformer.create_model("spectformer_digits", in_chans=3),
-                                   lambda: tiny_hierarchical(img_size=32)], ids=["vanilla", "hierarchical"])
-def test_bf16_autocast_and_channels_last(build):
+@pytest.mark.parametrize("build,size", [
+    (lambda: spectformer.create_model("spectformer_digits", in_chans=3), 32),
+    (lambda: tiny_hierarchical(img_size=32), 32),
+    (lambda: spectformer.create_model("gfnet_h_ti", img_size=64, embed_dims=(8, 16, 24, 32),
+                                      depths=(1, 2, 1, 1), num_classes=5), 64),
+], ids=["vanilla", "hierarchical", "gfnet_h"])
+def test_bf16_autocast_and_channels_last(build, size):
     torch.manual_seed(0)
     model = build().eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, size, size)
     check_bf16_autocast_and_channels_last(model, x)
 
 
