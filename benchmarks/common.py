@@ -34,6 +34,27 @@ def flatten(values) -> list:
     return None if values is None else [v for group in values for v in group]
 
 
+def benchmark_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser, described by its module docstring's first paragraph, with
+    ``--device`` (default: the GPU where there is one)."""
+    import torch
+
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        choices=["cpu", "cuda"])
+    return parser
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot written to {path}")
+
+
 def add_output_flags(parser: argparse.ArgumentParser, plot: bool = True) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"folder for the results (default: {DEFAULT_OUT}, not tracked; "

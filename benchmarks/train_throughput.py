@@ -17,7 +17,6 @@ draws images/s (with the interquartile range) and peak memory as a PNG.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import time
@@ -28,7 +27,8 @@ import torch
 import spectformer
 import spectformer_kernels as sk
 from benchmarks.common import (
-    add_output_flags, environment, flatten, list_of, quartiles, run,
+    add_output_flags, benchmark_parser, environment, flatten, list_of, quartiles, run,
+    save_figure,
 )
 from spectformer.augment import smooth_one_hot
 from spectformer.runtime import AMP_DTYPES, TrainStep, adamw
@@ -195,18 +195,11 @@ def plot(rows: list[dict], path: Path) -> None:
                  + (" (CPU run, small case)" if first["note"] else "")
                  + f"\n{first['device']}, torch {first['torch']}, commit {first['commit']}",
                  fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"plot written to {path}")
+    save_figure(fig, path)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        choices=["cpu", "cuda"])
+    parser = benchmark_parser("python -m benchmarks.train_throughput", __doc__)
     parser.add_argument("--models", nargs="+", type=list_of(spectformer.list_models()),
                         help=f"default: {' '.join(GPU_MODELS)} on GPU, {CPU_MODEL} on CPU")
     parser.add_argument("--batch-size", type=int, help="default 128 on GPU, 32 on CPU")
