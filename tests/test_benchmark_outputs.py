@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import subprocess
-from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks import spectral_gate
 from benchmarks.common import DEFAULT_OUT, REPO_ROOT
