@@ -150,10 +150,6 @@ MODEL_RECIPES: dict[str, dict[str, Any]] = {
 MUST_MATCH_ON_RESUME = ("model", "data", "img_size", "num_classes")
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -183,7 +179,7 @@ def _recipes_epilog() -> str:
     lines = ["Small models carry their own recipe, used where neither a flag nor --config "
              "sets the value:"]
     for model, recipe in MODEL_RECIPES.items():
-        lines.append(f"  {model}: " + ", ".join(f"{_flag(k)} {v}" for k, v in recipe.items()))
+        lines.append(f"  {model}: " + ", ".join(f"{checks.flag(k)} {v}" for k, v in recipe.items()))
     return "\n".join(lines)
 
 
@@ -209,7 +205,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: Optional[Sequence[
             options.update(choices=field.metadata["choices"])
         else:
             options.update(type=_optional(kind) if optional else kind)
-        parser.add_argument(_flag(field.name), dest=field.name, help=help_text, **options)
+        parser.add_argument(checks.flag(field.name), dest=field.name, help=help_text, **options)
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -385,7 +381,7 @@ def check_recipe_options(cfg: TrainConfig) -> None:
         raise checks.UsageError(f"--token-label-size must be >= 1, got {cfg.token_label_size}")
     for name in ("dense_weight", "cls_weight"):
         if getattr(cfg, name) < 0:
-            raise checks.UsageError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+            raise checks.UsageError(f"{checks.flag(name)} must be >= 0, got {getattr(cfg, name)}")
 
 
 def parse_train_args(argv: Optional[Sequence[str]] = None) -> tuple[dict[str, Any], dict[str, Any]]:
