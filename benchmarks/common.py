@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import platform
 import statistics
 import subprocess
 from pathlib import Path
@@ -33,6 +32,27 @@ def list_of(choices=None):
 
 def flatten(values) -> list:
     return None if values is None else [v for group in values for v in group]
+
+
+def benchmark_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser, described by its module docstring's first paragraph, with
+    ``--device`` (default: the GPU where there is one)."""
+    import torch
+
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        choices=["cpu", "cuda"])
+    return parser
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot written to {path}")
 
 
 def add_output_flags(parser: argparse.ArgumentParser, plot: bool = True) -> None:
@@ -67,22 +87,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def device_name(device) -> str:
+def environment(device) -> dict:
     import torch  # here, so torch-free tools (triton_resources) can share this module
 
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU {line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def environment(device) -> dict:
-    import torch
+    from spectformer.runtime import device_name
 
     try:
         import triton
@@ -122,6 +130,14 @@ def append_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
         if new_file:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def run(args, benchmark, print_table, stem: str, fields: list[str], plot) -> list[dict]:
+    """A benchmark's main: measure, print the markdown table, save the rows (and plot)."""
+    rows = benchmark(args)
+    print_table(rows)
+    save_results(rows, args, stem, fields, plot)
+    return rows
 
 
 def save_results(rows: list[dict], args, stem: str, fields: list[str], plot) -> None:

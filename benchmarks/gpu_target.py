@@ -24,8 +24,9 @@ H100_SXM = {
                          "figure, 989.4 TFLOPS = 132 SMs x 4096 FLOP/clk x 1.83 GHz (max "
                          "boost 1.98 GHz; sustained clocks under load may be lower)"),
     "hbm_bytes_per_s": Constant(3.0e12, "B/s", "estimate: device-to-device copy bandwidth "
-                                "measured on H100 SXM (DESIGN section 5); nominal HBM3 "
-                                "3.35 TB/s (spec)"),
+                                "of an H100 SXM, about 90% of the nominal HBM3 3.35 TB/s "
+                                "(spec); to be replaced by the copy measured beside each "
+                                "benchmark (docs/design.md, Measuring speed)"),
     "l2_bytes_per_s": Constant(5.5e12, "B/s", "estimate: L2-to-SM bandwidth from public "
                                "microbenchmarks of H100 (about 5.5 TB/s); uncertain"),
     "l2_bytes": Constant(50 * 2**20, "B", "spec: 50 MB L2"),

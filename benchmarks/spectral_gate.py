@@ -14,7 +14,6 @@ are appended, with device, versions and commit, to ``OUT/spectral_gate_{cpu,gpu}
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -23,7 +22,8 @@ import torch
 
 import spectformer_kernels as sk
 from benchmarks.common import (
-    add_output_flags, environment, flatten, list_of, quartiles, save_results,
+    add_output_flags, benchmark_parser, environment, flatten, list_of, quartiles, run,
+    save_figure,
 )
 from benchmarks.shapes import SHAPES
 
@@ -190,17 +190,11 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"{dtype}, {mode}, batch {rows[0]['batch']}", fontsize=9)
         ax.legend(fontsize=7, ncol=len(backends))
     fig.suptitle(f"spectral gate on {rows[0]['device']} (commit {rows[0]['commit']})", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    print(f"plot written to {path}")
+    save_figure(fig, path)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.spectral_gate",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        choices=["cpu", "cuda"])
+    parser = benchmark_parser("python -m benchmarks.spectral_gate", __doc__)
     parser.add_argument("--batch", type=int, help="batch size (default 128 on GPU, 16 on CPU)")
     parser.add_argument("--shapes", nargs="+", type=list_of(SHAPES),
                         help=f"HxWxC of {' '.join(SHAPES)} (default: all)")
@@ -230,11 +224,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
-    rows = benchmark(args)
-    print_table(rows)
-    save_results(rows, args, "spectral_gate", FIELDS, plot)
-    return rows
+    return run(parse_args(argv), benchmark, print_table, "spectral_gate", FIELDS, plot)
 
 
 if __name__ == "__main__":

@@ -17,26 +17,24 @@ draws images/s (with the interquartile range) and peak memory as a PNG.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import spectformer
 import spectformer_kernels as sk
 from benchmarks.common import (
-    add_output_flags, environment, flatten, list_of, quartiles, save_results,
+    add_output_flags, benchmark_parser, environment, flatten, list_of, quartiles, run,
+    save_figure,
 )
-from spectformer.augment import soft_target_cross_entropy, smooth_one_hot
-from spectformer.train import parameter_groups
+from spectformer.augment import smooth_one_hot
+from spectformer.runtime import AMP_DTYPES, TrainStep, adamw
 
 GPU_MODELS = ("spectformer_s", "gfnet_s", "spectformer_h_s")
 CPU_MODEL = "spectformer_digits"
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FIELDS = [
     "timestamp", "device", "torch", "triton", "cuda", "commit", "note", "model", "img_size",
     "batch", "amp", "backend", "compile", "channels_last", "warmup_steps", "timed_steps",
@@ -62,24 +60,12 @@ def measure(model_name: str, backend: str, args, device: torch.device) -> dict:
     images = images.contiguous(memory_format=memory_format)
     target = smooth_one_hot(torch.randint(model.num_classes, (args.batch_size,), device=device),
                             model.num_classes, smoothing=0.1)
-    optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-4, eps=1e-8)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    amp_dtype = AMP_DTYPES[args.amp]
-    forward = torch.compile(model) if args.compile else model
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = forward(images)
-        loss = soft_target_cross_entropy(logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
+    # The step spectformer.train runs (clipping at the recipe's 1.0), on a fixed batch.
+    train_step = TrainStep(model, adamw(model, lr=1e-4, weight_decay=0.05), args.amp, device,
+                           clip_grad=1.0, forward=torch.compile(model) if args.compile else model)
 
     for _ in range(args.warmup):
-        step()
+        train_step(images, target)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -87,7 +73,7 @@ def measure(model_name: str, backend: str, args, device: torch.device) -> dict:
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(args.steps)]
         for start, end in zip(starts, ends):
             start.record()
-            step()
+            train_step(images, target)
             end.record()
         sync(device)
         step_seconds = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
@@ -96,7 +82,7 @@ def measure(model_name: str, backend: str, args, device: torch.device) -> dict:
         step_seconds = []
         for _ in range(args.steps):
             begin = time.perf_counter()
-            step()
+            train_step(images, target)
             step_seconds.append(time.perf_counter() - begin)
         peak_mib = None
     p25, median, p75 = quartiles(step_seconds)
@@ -209,18 +195,11 @@ def plot(rows: list[dict], path: Path) -> None:
                  + (" (CPU run, small case)" if first["note"] else "")
                  + f"\n{first['device']}, torch {first['torch']}, commit {first['commit']}",
                  fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"plot written to {path}")
+    save_figure(fig, path)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        choices=["cpu", "cuda"])
+    parser = benchmark_parser("python -m benchmarks.train_throughput", __doc__)
     parser.add_argument("--models", nargs="+", type=list_of(spectformer.list_models()),
                         help=f"default: {' '.join(GPU_MODELS)} on GPU, {CPU_MODEL} on CPU")
     parser.add_argument("--batch-size", type=int, help="default 128 on GPU, 32 on CPU")
@@ -257,11 +236,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
-    rows = benchmark(args)
-    print_table(rows)
-    save_results(rows, args, "train_throughput", FIELDS, plot)
-    return rows
+    return run(parse_args(argv), benchmark, print_table, "train_throughput", FIELDS, plot)
 
 
 if __name__ == "__main__":

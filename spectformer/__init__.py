@@ -11,25 +11,9 @@ FLOPs in GFNet's convention; ``model.set_backend(name)`` switches the spectral k
 """
 
 from .models import (
-    GFNetH,
-    SPECTRAL_LAYERS,
-    SpectFormer,
-    SpectFormerH,
-    count_flops,
-    create_model,
-    list_models,
-    load_checkpoint,
-    register_model,
+    GFNetH, SPECTRAL_LAYERS, SpectFormer, SpectFormerH, count_flops, create_model, list_models,
+    load_checkpoint, register_model,
 )
 
-__all__ = [
-    "GFNetH",
-    "SPECTRAL_LAYERS",
-    "SpectFormer",
-    "SpectFormerH",
-    "count_flops",
-    "create_model",
-    "list_models",
-    "load_checkpoint",
-    "register_model",
-]
+__all__ = ["GFNetH", "SPECTRAL_LAYERS", "SpectFormer", "SpectFormerH", "count_flops",
+           "create_model", "list_models", "load_checkpoint", "register_model"]

@@ -52,12 +52,6 @@ def model_name(name: str) -> None:
                          f"see python -c 'import spectformer; print(spectformer.list_models())'")
 
 
-def default_device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def backend(name: Optional[str], device) -> None:
     """``--backend`` (or ``$SPECTFORMER_BACKEND``) names a backend that runs on ``device``."""
     from spectformer_kernels import backends

@@ -12,66 +12,120 @@ import argparse
 import dataclasses
 import os
 import time
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import checks
-
-AMP_MODES = ("auto", "none", "bf16", "fp16")
+from . import checks, runtime
 
 
-@dataclass
+
+def setting(default, help: str, **options):
+    """A field of ``TrainConfig``: its default, the help text of its flag and any extra
+    ``add_argument`` options."""
+    return dataclasses.field(default=default, metadata={"help": help, **options})
+
+
+@dataclass(frozen=True)
 class TrainConfig:
+    """Every setting of a training run, with its default and its help text (the flags and
+    ``--help`` are made from these fields). ``resolve`` returns one, frozen."""
+
     # What to train and on which data.
-    model: str = ""
-    data: str = ""
-    backend: Optional[str] = None
-    img_size: Optional[int] = None
-    num_classes: Optional[int] = None
-    drop_path: Optional[float] = None
-    synthetic_train_size: int = 1281
-    synthetic_val_size: int = 256
-    crop_pct: float = 0.875
+    model: str = setting("", "registered model name (see spectformer.list_models())")
+    data: str = setting(
+        "", "'digits', 'synthetic', or a folder with train/<class>/* and val/<class>/*")
+    backend: Optional[str] = setting(
+        None,
+        "spectral gating backend (default: auto; see available_backends())")
+    img_size: Optional[int] = setting(None, "input resolution (default: the model's)")
+    num_classes: Optional[int] = setting(
+        None,
+        "classifier size (default: the data set's class count)")
+    drop_path: Optional[float] = setting(None, "stochastic depth rate (default: the model's)")
+    synthetic_train_size: int = setting(1281, "images per epoch with --data synthetic")
+    synthetic_val_size: int = setting(256, "validation images with --data synthetic")
+    crop_pct: float = setting(
+        0.875,
+        "evaluation centre-crop fraction (resize to img_size / crop_pct first)")
     # Optimisation (official vanilla recipe: AdamW, lr 5e-4 x global batch / 512, cosine).
-    epochs: int = 300
-    batch_size: int = 128
-    lr: Optional[float] = None
-    weight_decay: float = 0.05
-    warmup_epochs: float = 5.0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    clip_grad: Optional[float] = 1.0
-    label_smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
+    epochs: int = setting(300, "total epochs of the schedule")
+    batch_size: int = setting(128, "images per process per step")
+    lr: Optional[float] = setting(None, "peak learning rate (default: 5e-4 x global batch / 512)")
+    weight_decay: float = setting(
+        0.05,
+        "AdamW weight decay (norms, biases and position embeddings exempt)")
+    warmup_epochs: float = setting(5.0, "linear warm-up length in epochs (fractions allowed)")
+    warmup_lr: float = setting(1e-6, "learning rate at the start of the warm-up")
+    min_lr: float = setting(1e-5, "learning rate at the end of the cosine schedule")
+    clip_grad: Optional[float] = setting(
+        1.0,
+        "clip the global gradient norm to this value (0 disables)")
+    label_smoothing: float = setting(0.1, "label smoothing")
+    mixup: float = setting(0.8, "mixup alpha (0 disables)")
+    cutmix: float = setting(1.0, "cutmix alpha (0 disables)")
+    mixup_prob: float = setting(1.0, "probability of mixing a batch at all")
+    mixup_switch_prob: float = setting(
+        0.5,
+        "probability of cutmix instead of mixup when both are on")
     # Execution.
-    amp: str = "auto"
-    model_ema: bool = False
-    model_ema_decay: float = 0.99996
-    compile: bool = False
-    channels_last: bool = False
-    seed: int = 0
-    workers: int = 4
-    dist_timeout: float = 10.0
+    amp: str = setting(
+        "auto", "autocast dtype: auto (bf16 on CUDA, none on CPU), none, bf16, fp16 "
+        "(loss-scaled)", choices=runtime.AMP_MODES)
+    model_ema: bool = setting(
+        False,
+        "keep an exponential moving average of the weights and validate it too")
+    model_ema_decay: float = setting(0.99996, "EMA decay per step")
+    compile: bool = setting(False, "torch.compile the model")
+    channels_last: bool = setting(False, "channels-last memory format for images and convolutions")
+    seed: int = setting(0, "random seed")
+    workers: int = setting(4, "data loader worker processes per training process")
+    dist_timeout: float = setting(
+        10.0,
+        "minutes a process waits for the others in a collective (torchrun) "
+        "before failing")
     # Outputs and resumption.
-    output: str = ""
-    resume: Optional[str] = None
-    stop_after: Optional[int] = None
-    log_interval: int = 10
+    output: str = setting(
+        "",
+        "output folder (default: output/train/<model>-<date>-<time>; when "
+        "resuming, the folder of the --resume file)")
+    resume: Optional[str] = setting(
+        None,
+        "checkpoint to continue from (e.g. OUTPUT/last.pt); its settings are "
+        "the defaults")
+    stop_after: Optional[int] = setting(
+        None,
+        "stop after this many epochs in this run (for time-limited jobs); the "
+        "schedule still spans --epochs")
+    log_interval: int = setting(10, "steps between progress-bar loss updates")
     # Augmentation beyond mixup/cutmix (off by default; the official recipes in recipes/ set them).
-    aa: Optional[str] = None
-    reprob: float = 0.0
-    remode: str = "pixel"
-    recount: int = 1
+    aa: Optional[str] = setting(
+        None,
+        "RandAugment policy, timm-style, e.g. rand-m9-mstd0.5-inc1 (the "
+        "official recipes); 'none' disables. Applied to digits and image-folder "
+        "training images")
+    reprob: float = setting(0.0, "random erasing probability per training image (0 disables)")
+    remode: str = setting(
+        "pixel",
+        "random erasing fill: const (zeros), rand (a normal colour per "
+        "channel), pixel (normal noise per pixel)")
+    recount: int = setting(1, "random erasing: at most this many rectangles per image")
     # Token labelling (hierarchical models with an auxiliary head).
-    token_label_data: Optional[str] = None
-    token_label_size: Optional[int] = None
-    dense_weight: float = 0.5
-    cls_weight: float = 1.0
-    mix_token: bool = True
+    token_label_data: Optional[str] = setting(
+        None,
+        "folder of per-image dense score maps (LV-ViT format, <class>/<image "
+        "stem>.pt) for token labelling; needs a hierarchical model with an "
+        "auxiliary head and an image-folder --data")
+    token_label_size: Optional[int] = setting(
+        None,
+        "side of the dense target grid (default: the model's last token grid)")
+    dense_weight: float = setting(0.5, "token labelling: weight of the auxiliary dense loss")
+    cls_weight: float = setting(1.0, "token labelling: weight of the class-token loss")
+    mix_token: bool = setting(
+        True,
+        "token labelling: MixToken (a token-aligned box swapped with the "
+        "flipped batch)")
 
     def base_lr_for(self, global_batch: int) -> float:
         """``--lr`` if given, else the recipe's 5e-4 scaled linearly with the global batch."""
@@ -91,67 +145,9 @@ MODEL_RECIPES: dict[str, dict[str, Any]] = {
     ),
 }
 
-FLAG_HELP = {
-    "model": "registered model name (see spectformer.list_models())",
-    "data": "'digits', 'synthetic', or a folder with train/<class>/* and val/<class>/*",
-    "backend": "spectral gating backend (default: auto; see available_backends())",
-    "img_size": "input resolution (default: the model's)",
-    "num_classes": "classifier size (default: the data set's class count)",
-    "drop_path": "stochastic depth rate (default: the model's)",
-    "synthetic_train_size": "images per epoch with --data synthetic",
-    "synthetic_val_size": "validation images with --data synthetic",
-    "crop_pct": "evaluation centre-crop fraction (resize to img_size / crop_pct first)",
-    "epochs": "total epochs of the schedule",
-    "batch_size": "images per process per step",
-    "lr": "peak learning rate (default: 5e-4 x global batch / 512)",
-    "weight_decay": "AdamW weight decay (norms, biases and position embeddings exempt)",
-    "warmup_epochs": "linear warm-up length in epochs (fractions allowed)",
-    "warmup_lr": "learning rate at the start of the warm-up",
-    "min_lr": "learning rate at the end of the cosine schedule",
-    "clip_grad": "clip the global gradient norm to this value (0 disables)",
-    "label_smoothing": "label smoothing",
-    "mixup": "mixup alpha (0 disables)",
-    "cutmix": "cutmix alpha (0 disables)",
-    "mixup_prob": "probability of mixing a batch at all",
-    "mixup_switch_prob": "probability of cutmix instead of mixup when both are on",
-    "amp": "autocast dtype: auto (bf16 on CUDA, none on CPU), none, bf16, fp16 (loss-scaled)",
-    "model_ema": "keep an exponential moving average of the weights and validate it too",
-    "model_ema_decay": "EMA decay per step",
-    "compile": "torch.compile the model",
-    "channels_last": "channels-last memory format for images and convolutions",
-    "seed": "random seed",
-    "workers": "data loader worker processes per training process",
-    "dist_timeout": "minutes a process waits for the others in a collective (torchrun) "
-                    "before failing",
-    "output": "output folder (default: output/train/<model>-<date>-<time>; when resuming, "
-              "the folder of the --resume file)",
-    "resume": "checkpoint to continue from (e.g. OUTPUT/last.pt); its settings are the "
-              "defaults",
-    "stop_after": "stop after this many epochs in this run (for time-limited jobs); "
-                  "the schedule still spans --epochs",
-    "log_interval": "steps between progress-bar loss updates",
-    "aa": "RandAugment policy, timm-style, e.g. rand-m9-mstd0.5-inc1 (the official recipes); "
-          "'none' disables. Applied to digits and image-folder training images",
-    "reprob": "random erasing probability per training image (0 disables)",
-    "remode": "random erasing fill: const (zeros), rand (a normal colour per channel), "
-              "pixel (normal noise per pixel)",
-    "recount": "random erasing: at most this many rectangles per image",
-    "token_label_data": "folder of per-image dense score maps (LV-ViT format, "
-                        "<class>/<image stem>.pt) for token labelling; needs a hierarchical "
-                        "model with an auxiliary head and an image-folder --data",
-    "token_label_size": "side of the dense target grid (default: the model's last token grid)",
-    "dense_weight": "token labelling: weight of the auxiliary dense loss",
-    "cls_weight": "token labelling: weight of the class-token loss",
-    "mix_token": "token labelling: MixToken (a token-aligned box swapped with the flipped batch)",
-}
-
 # Keys a resumed run must share with its checkpoint: changing them changes the network or
 # the data, so the saved state would not fit or would mean something else.
 MUST_MATCH_ON_RESUME = ("model", "data", "img_size", "num_classes")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _parse_bool(text: str) -> bool:
@@ -170,20 +166,46 @@ def _optional(kind):
     return parse
 
 
-def _field_type(field: dataclasses.Field):
-    annotation = str(field.type)
-    kind = {"int": int, "float": float, "str": str, "bool": bool}[
-        annotation.replace("Optional[", "").rstrip("]")
-    ]
-    return kind, annotation.startswith("Optional[")
+def _field_type(name: str) -> tuple[type, bool]:
+    """``(int | float | str | bool, whether None is allowed)`` of a setting."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
 
 
 def _recipes_epilog() -> str:
     lines = ["Small models carry their own recipe, used where neither a flag nor --config "
              "sets the value:"]
     for model, recipe in MODEL_RECIPES.items():
-        lines.append(f"  {model}: " + ", ".join(f"{_flag(k)} {v}" for k, v in recipe.items()))
+        lines.append(f"  {model}: " + ", ".join(f"{checks.flag(k)} {v}" for k, v in recipe.items()))
     return "\n".join(lines)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, names: Optional[Sequence[str]] = None,
+                      defaults: Optional[dict[str, Any]] = None,
+                      help_overrides: Optional[dict[str, str]] = None) -> None:
+    """One flag per setting (those in ``names``, else all), typed, helped and constrained by
+    its ``TrainConfig`` field. ``defaults`` sets the command's own defaults; without it the
+    parser's ``argument_default`` applies."""
+    for field in fields(TrainConfig):
+        if names is not None and field.name not in names:
+            continue
+        kind, optional = _field_type(field.name)
+        default = field.default if defaults is None else defaults.get(field.name, field.default)
+        help_text = (help_overrides or {}).get(field.name, field.metadata["help"])
+        if "(default:" not in help_text and default not in (None, ""):
+            help_text += f" (default: {default})"
+        options = {} if defaults is None else {"default": default}
+        if kind is bool:
+            # `--model-ema` alone turns it on; `--model-ema false` turns it off again.
+            options.update(nargs="?", const=True, type=_parse_bool)
+        elif "choices" in field.metadata:
+            options.update(choices=field.metadata["choices"])
+        else:
+            options.update(type=_optional(kind) if optional else kind)
+        parser.add_argument(checks.flag(field.name), dest=field.name, help=help_text, **options)
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -198,21 +220,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML file of settings (flags override it)")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
-    for field in fields(TrainConfig):
-        kind, optional = _field_type(field)
-        help_text = FLAG_HELP[field.name]
-        if "(default:" not in help_text:
-            help_text += f" (default: {field.default})"
-        if kind is bool:
-            # `--model-ema` alone turns it on; `--model-ema false` turns it off again.
-            parser.add_argument(_flag(field.name), dest=field.name, nargs="?", const=True,
-                                type=_parse_bool, help=help_text)
-        elif field.name == "amp":
-            parser.add_argument(_flag(field.name), dest=field.name, choices=AMP_MODES,
-                                help=help_text)
-        else:
-            parser.add_argument(_flag(field.name), dest=field.name,
-                                type=_optional(kind) if optional else kind, help=help_text)
+    add_setting_flags(parser)
     return parser
 
 
@@ -246,9 +254,8 @@ def check_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
 def coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
     """Check each value's type against ``TrainConfig`` (YAML gives ints where floats are meant)."""
     out = {}
-    by_name = {f.name: f for f in fields(TrainConfig)}
     for name, value in values.items():
-        kind, optional = _field_type(by_name[name])
+        kind, optional = _field_type(name)
         if value is None:
             if not optional:
                 raise ValueError(f"{source}: {name} must not be null")
@@ -261,8 +268,9 @@ def coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
             out[name] = value
         else:
             raise ValueError(f"{source}: {name} must be {kind.__name__}, got {value!r}")
-    if out.get("amp", "auto") not in AMP_MODES:
-        raise ValueError(f"{source}: amp must be one of {', '.join(AMP_MODES)}, got {out['amp']!r}")
+    if out.get("amp", "auto") not in runtime.AMP_MODES:
+        raise ValueError(f"{source}: amp must be one of {', '.join(runtime.AMP_MODES)}, "
+                         f"got {out['amp']!r}")
     return out
 
 
@@ -286,17 +294,36 @@ def resolve(
         # Continue beside the file resumed (a copied run stays a copy), not in the folder
         # the checkpoint was first written to.
         merged["output"] = str(Path(merged["resume"]).parent)
-    cfg = TrainConfig(**merged)
-    if not cfg.model:
+    if not merged.get("model"):
         raise checks.UsageError("--model is required (see spectformer.list_models())")
-    if not cfg.data:
+    if not merged.get("data"):
         raise checks.UsageError("--data is required: 'digits', 'synthetic' or an ImageFolder path")
-    if not cfg.output:
+    if not merged.get("output"):
         # A fresh folder per run, so starting again never collides with an earlier run.
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        cfg.output = str(Path("output") / "train" / f"{cfg.model}-{stamp}")
+        merged["output"] = str(Path("output") / "train" / f"{merged['model']}-{stamp}")
+    if (merged.get("aa") or "").strip().lower() == "none":
+        merged["aa"] = None
+    cfg = TrainConfig(**merged)
     check_settings(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    return cfg
+    return _fill_defaults(cfg)
+
+
+def _fill_defaults(cfg: TrainConfig) -> TrainConfig:
+    """Settings left to the machine, the data or the model, made concrete: the autocast
+    mode, the class count and the image size."""
+    import torch
+
+    from .data import class_count
+    from .models import create_model
+
+    img_size = cfg.img_size
+    if img_size is None:
+        with torch.device("meta"):  # the model's default input size, without its weights
+            img_size = create_model(cfg.model).default_cfg["input_size"][1]
+    return dataclasses.replace(
+        cfg, amp=runtime.resolve_amp(cfg.amp, runtime.default_device()),
+        num_classes=cfg.num_classes or class_count(cfg.data), img_size=int(img_size))
 
 
 def check_settings(cfg: TrainConfig, world_size: int = 1) -> None:
@@ -330,7 +357,7 @@ def check_settings(cfg: TrainConfig, world_size: int = 1) -> None:
     number("dist_timeout", cfg.dist_timeout, low=0, low_open=True)
     checks.model_name(cfg.model)
     checks.data_source(cfg.data, cfg.num_classes)
-    checks.backend(cfg.backend, checks.default_device())
+    checks.backend(cfg.backend, runtime.default_device())
     checks.writable_folder("output", cfg.output)
     check_recipe_options(cfg)
 
@@ -341,10 +368,7 @@ def check_recipe_options(cfg: TrainConfig) -> None:
     from .randaugment import parse_policy
 
     if cfg.aa is not None:
-        if cfg.aa.strip().lower() == "none":
-            cfg.aa = None
-        else:
-            parse_policy(cfg.aa, "--aa")
+        parse_policy(cfg.aa, "--aa")
     RandomErasing(cfg.reprob, cfg.remode, cfg.recount)  # raises naming --reprob/--remode/--recount
     if cfg.token_label_data is not None:
         if cfg.data in ("digits", "synthetic"):
@@ -357,7 +381,7 @@ def check_recipe_options(cfg: TrainConfig) -> None:
         raise checks.UsageError(f"--token-label-size must be >= 1, got {cfg.token_label_size}")
     for name in ("dense_weight", "cls_weight"):
         if getattr(cfg, name) < 0:
-            raise checks.UsageError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+            raise checks.UsageError(f"{checks.flag(name)} must be >= 0, got {getattr(cfg, name)}")
 
 
 def parse_train_args(argv: Optional[Sequence[str]] = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -374,6 +398,6 @@ def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
     """The resolved settings, loadable again with ``--config``."""
     import yaml
 
-    from .checkpointing import atomic_write_text
+    from .training_state import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

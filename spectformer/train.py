@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -39,8 +40,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import config as config_lib
-from .augment import MixupCutmix, soft_target_cross_entropy
-from .checkpointing import (
+from .augment import MixupCutmix
+from .training_state import (
     CHECKPOINT_FORMAT, CheckpointError, atomic_save, atomic_write, atomic_write_text,
     capture_rng_state, check_resume_compatible, load_state_strict, load_training_checkpoint,
     remove_stale_temporaries, restore_rng_state,
@@ -50,7 +51,7 @@ from .data import ShardSampler, build_datasets, collate_skip_unreadable, image_s
 from .randaugment import RandAugment
 from .random_erasing import RandomErasing
 from .token_labeling import TokenLabelDataset, mix_token_box, token_label_loss
-from .validate import amp_dtype_for, evaluate, model_overrides
+from .runtime import TrainStep, adamw, device_name, evaluate, model_overrides
 
 SUMMARY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr",
                    "img_per_s", "epoch_time_s"]
@@ -114,21 +115,6 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 
 
 # ------------------------------------------------------------------- optimisation pieces
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: norms, biases (all 1-d tensors) and ``no_weight_decay()`` names exempt."""
-    exempt_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or name in exempt_names or name.endswith(".bias"):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
 
 
 class WarmupCosineSchedule:
@@ -276,12 +262,12 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, info: DistInfo, checkpoint: Optional[dict]):
         import spectformer
 
+        # The peak learning rate follows this run's world size: recorded in the configuration
+        # the run saves, so that resuming keeps it whatever the world size then.
+        cfg = dataclasses.replace(cfg, lr=cfg.base_lr_for(cfg.batch_size * info.world_size))
         self.cfg, self.info = cfg, info
         self.out = Path(cfg.output)
         self.device = info.device
-        if cfg.amp == "auto":
-            cfg.amp = "bf16" if self.device.type == "cuda" else "none"
-        self.amp_dtype = amp_dtype_for(cfg.amp)
 
         # The same seed on every rank builds the same initial weights (DDP broadcasts them
         # anyway); runtime randomness (mixup, drop-path) then differs per rank.
@@ -290,7 +276,6 @@ class Trainer:
                                     cfg.drop_path)
         self.model = spectformer.create_model(cfg.model, **overrides)
         spec = image_spec(self.model.default_cfg, cfg.img_size)
-        cfg.num_classes, cfg.img_size = self.model.num_classes, spec.img_size
         if checkpoint is not None:
             check_resume_compatible(checkpoint["config"], cfg.to_dict(),
                                     config_lib.MUST_MATCH_ON_RESUME, cfg.resume)
@@ -333,16 +318,12 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=self.memory_format)
         self.ema = ModelEma(self.model, cfg.model_ema_decay) if cfg.model_ema else None
-        global_batch = cfg.batch_size * info.world_size
-        cfg.lr = cfg.base_lr_for(global_batch)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay),
-                                           lr=cfg.lr, eps=1e-8, betas=(0.9, 0.999))
+        self.optimizer = adamw(self.model, cfg.lr, cfg.weight_decay)
         self.schedule = WarmupCosineSchedule(
             self.optimizer, cfg.lr, cfg.warmup_lr, cfg.min_lr,
             warmup_steps=round(cfg.warmup_epochs * self.steps_per_epoch),
             total_steps=cfg.epochs * self.steps_per_epoch,
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.mixer = MixupCutmix(cfg.num_classes, cfg.mixup, cfg.cutmix, cfg.mixup_prob,
                                  cfg.mixup_switch_prob, cfg.label_smoothing)
 
@@ -353,6 +334,8 @@ class Trainer:
             self.forward_model = DistributedDataParallel(
                 self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        self.train_step = TrainStep(self.model, self.optimizer, cfg.amp, self.device,
+                                    cfg.clip_grad, forward=self.forward_model)
 
         self.epoch, self.step = 0, 0
         self.progress = EpochProgress()
@@ -381,7 +364,7 @@ class Trainer:
             "ema": self.ema.module.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.train_step.scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "progress": vars(self.progress).copy(),
@@ -421,7 +404,7 @@ class Trainer:
         if ckpt["scheduler"]["total_steps"] != self.schedule.total_steps:
             print(f"note: the schedule now spans {self.schedule.total_steps} steps "
                   f"(checkpoint: {ckpt['scheduler']['total_steps']})", file=sys.stderr)
-        self.scaler.load_state_dict(ckpt["scaler"])
+        self.train_step.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.progress = EpochProgress(**ckpt["progress"])
         if not self.info.is_main:
@@ -519,24 +502,14 @@ class Trainer:
     def _train_step(self, images: torch.Tensor, target: torch.Tensor,
                     token_targets: Optional[torch.Tensor] = None,
                     loss_weight: float = 1.0) -> torch.Tensor:
-        cfg = self.cfg
         self.schedule.apply(self.step)
         if self.random_erasing is not None:
             images = self.random_erasing(images)
         if token_targets is not None:
             loss = self._token_label_loss(images, token_targets)
+            self.train_step.backward_and_step(loss, loss_weight)
         else:
-            images, soft_target = self.mixer(images, target)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                logits = self.forward_model(images)
-            loss = soft_target_cross_entropy(logits, soft_target)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
-        if cfg.clip_grad:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            loss = self.train_step(*self.mixer(images, target), loss_weight=loss_weight)
         if self.ema is not None:
             self.ema.update(self.model)
         return loss
@@ -544,13 +517,14 @@ class Trainer:
     def _token_label_loss(self, images: torch.Tensor, token_targets: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         lam, box = mix_token_box(self.model.grid_sizes[-1]) if cfg.mix_token else (1.0, None)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        with self.train_step.autocast():
             cls_logits, token_logits = self.forward_model(images, return_dense=True, mix_box=box)
         return token_label_loss(cls_logits, token_logits, token_targets, lam, cfg.cls_weight,
                                 cfg.dense_weight, cfg.label_smoothing)
 
     def _evaluate(self, model: nn.Module, desc: str) -> dict:
-        return evaluate(model, self.val_loader, self.device, self.amp_dtype, self.memory_format,
+        return evaluate(model, self.val_loader, self.device, self.train_step.amp_dtype,
+                        self.memory_format,
                         reduce_sum=lambda values: all_reduce_sum(values, self.info),
                         show_progress=self.info.is_main, desc=desc)
 
@@ -643,12 +617,6 @@ class Trainer:
                   f"summary {self.out / 'summary.csv'}, curves {self.out / 'curves.png'}")
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -699,7 +667,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         del checkpoint  # its tensors now live in the model and optimizer
         if info.is_main:
             created = create_output(Path(cfg.output))
-            config_lib.save_yaml(cfg, Path(cfg.output) / "config.yaml")
+            config_lib.save_yaml(trainer.cfg, Path(cfg.output) / "config.yaml")
             print(f"training {cfg.model} on {cfg.data} ({device_name(info.device)}, "
                   f"{info.world_size} process(es), amp {cfg.amp}) -> {cfg.output}")
         return trainer.run()

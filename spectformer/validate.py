@@ -11,71 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def amp_dtype_for(mode: str) -> Optional[torch.dtype]:
-    try:
-        return AMP_DTYPES[mode]
-    except KeyError:
-        raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {mode!r}") from None
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader,
-    device: torch.device,
-    amp_dtype: Optional[torch.dtype] = None,
-    memory_format: torch.memory_format = torch.contiguous_format,
-    reduce_sum: Optional[Callable[[list[float]], list[float]]] = None,
-    show_progress: bool = True,
-    desc: str = "validate",
-) -> dict:
-    """Mean cross-entropy (no label smoothing), top-1 and top-5 accuracy in percent.
-
-    ``reduce_sum`` combines the per-process sums across ranks (an all-reduce); each process
-    sees a disjoint shard, so every image counts exactly once.
-    """
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not show_progress,
-                      dynamic_ncols=True):
-        if batch is None:  # every image of this batch was unreadable (already reported)
-            continue
-        images, target = batch
-        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        target = target.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        logits = logits.float()
-        k = min(5, logits.shape[-1])
-        hits = logits.topk(k, dim=-1).indices.eq(target.unsqueeze(1))
-        totals += torch.stack([
-            F.cross_entropy(logits, target, reduction="sum").double(),
-            hits[:, 0].sum().double(),
-            hits.any(dim=1).sum().double(),
-            torch.tensor(float(target.shape[0]), dtype=torch.float64, device=device),
-        ])
-    model.train(was_training)
-    loss, top1, top5, count = (reduce_sum or list)(totals.tolist())
-    if count == 0:
-        raise RuntimeError("the validation set yielded no readable images")
-    return {"loss": loss / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count,
-            "images": int(count)}
-
+from .runtime import amp_dtype, default_device, evaluate, model_overrides, resolve_amp
 
 def training_settings(raw) -> dict:
     """The configuration a ``spectformer.train`` checkpoint records (empty for others)."""
-    from .checkpointing import CHECKPOINT_FORMAT
+    from .training_state import CHECKPOINT_FORMAT
 
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
         return dict(raw.get("config") or {})
@@ -87,7 +32,7 @@ def load_weights(model: nn.Module, raw, path: str, use_ema: bool, model_name: st
     loading path: containers unwrapped, grids resized); returns what was loaded."""
     import spectformer
 
-    from .checkpointing import CHECKPOINT_FORMAT
+    from .training_state import CHECKPOINT_FORMAT
 
     is_training = isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT
     if use_ema and not is_training:
@@ -106,39 +51,29 @@ def load_weights(model: nn.Module, raw, path: str, use_ema: bool, model_name: st
     return "state dict"
 
 
-def model_overrides(data: str, num_classes=None, img_size=None, backend=None,
-                    drop_path=None) -> dict:
-    """``create_model`` overrides from command-line settings; unset ones keep the model's."""
-    from .data import class_count
-
-    overrides = {"num_classes": num_classes or class_count(data), "img_size": img_size,
-                 "backend": backend, "drop_path_rate": drop_path}
-    return {key: value for key, value in overrides.items() if value is not None}
+# The training settings evaluation shares, with evaluation's own defaults: model, data and
+# image size come from a training checkpoint when not given.
+SHARED_SETTINGS = {
+    "model": None, "data": None, "backend": None, "img_size": None, "num_classes": None,
+    "batch_size": 256, "amp": "auto", "channels_last": False, "crop_pct": 0.875, "workers": 4,
+    "seed": 0,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .cli import ArgumentParser
+    from .config import add_setting_flags
 
     parser = ArgumentParser(
         prog="python -m spectformer.validate",
         description="Evaluate a SpectFormer / GFNet model. With a training checkpoint of "
                     "spectformer.train, --model, --data, --img-size and --num-classes default "
                     "to the ones it was trained with.")
-    parser.add_argument("--model", help="registered model name")
     parser.add_argument("--checkpoint", help="weights to evaluate (default: the random initialisation)")
-    parser.add_argument("--data", help="'digits', 'synthetic' or an ImageFolder root")
     parser.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights")
-    parser.add_argument("--backend", help="spectral gating backend (default: auto)")
-    parser.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
-    parser.add_argument("--num-classes", type=int, help="classifier size (default: the data's)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per batch (default: 256)")
-    parser.add_argument("--amp", choices=["auto", *AMP_DTYPES], default="auto",
-                        help="autocast dtype (default: auto, bf16 on CUDA and none on CPU)")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--crop-pct", type=float, default=0.875,
-                        help="evaluation centre-crop fraction for ImageFolder data (default: 0.875)")
-    parser.add_argument("--workers", type=int, default=4, help="data loader processes (default: 4)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --data synthetic (default: 0)")
+    add_setting_flags(parser, list(SHARED_SETTINGS), defaults=SHARED_SETTINGS,
+                      help_overrides={"batch_size": "images per batch",
+                                      "seed": "seed of --data synthetic"})
     parser.add_argument("--output", help="also write the results to this JSON file")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
@@ -168,12 +103,12 @@ def check_args(args: argparse.Namespace, device: torch.device) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import spectformer
 
-    from .checkpointing import atomic_write_text
+    from .training_state import atomic_write_text
     from .data import build_datasets, collate_skip_unreadable, image_spec
     from .models.checkpoint import read_checkpoint
 
     args = build_parser().parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     raw = None
     if args.checkpoint:
         try:
@@ -186,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if getattr(args, name) is None and trained.get(name) is not None:
                 setattr(args, name, trained[name])
     check_args(args, device)
-    amp = ("bf16" if device.type == "cuda" else "none") if args.amp == "auto" else args.amp
+    amp = resolve_amp(args.amp, device)
     overrides = model_overrides(args.data, args.num_classes, args.img_size, args.backend)
     model = spectformer.create_model(args.model, **overrides)
     loaded = ("random initialisation" if raw is None
@@ -200,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         num_workers=0 if datasets.in_memory else args.workers,
         pin_memory=device.type == "cuda", collate_fn=collate_skip_unreadable,
     )
-    result = evaluate(model, loader, device, amp_dtype_for(amp), memory_format)
+    result = evaluate(model, loader, device, amp_dtype(amp), memory_format)
     result.update(model=args.model, checkpoint=args.checkpoint, weights=loaded, data=args.data, amp=amp)
     print(f"{args.model} ({loaded}) on {args.data}: loss {result['loss']:.4f}, top-1 "
           f"{result['top1']:.2f}%, top-5 {result['top5']:.2f}% over {result['images']} images")

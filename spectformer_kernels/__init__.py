@@ -13,25 +13,17 @@ from .backends import (
     register_backend,
     registered_backends,
     resolve_backend,
+    unregister_backend,
 )
-from .dft import spectral_gate_dft, spectral_gate_dft_backward
+# Each backend module registers its backends when imported, in this order; the optional
+# kernel backends import cleanly without their dependency and then report why they cannot run.
 from .reference import oracle, spectral_gate_reference, spectral_gate_reference_backward
+from .dft import spectral_gate_dft, spectral_gate_dft_backward
+from . import triton_backend  # noqa: F401  "triton"
+from . import cuda_backend  # noqa: F401  "cuda", "cuda_cufftdx", "cuda_fused", "cuda_cufft"
 from .ops import spectral_gate
 from .module import SpectralGatingNetwork
 from . import flops
-
-register_backend(Backend(
-    "reference", spectral_gate_reference, spectral_gate_reference_backward,
-    "torch.fft rfft2 -> complex multiply -> irfft2, exactly as GFNet writes it",
-))
-register_backend(Backend(
-    "dft", spectral_gate_dft, spectral_gate_dft_backward,
-    "separable real DFT as matrix products in plain PyTorch (no complex dtype)",
-))
-# Optional kernel backends register themselves; each imports cleanly without its
-# dependency and then reports itself unavailable, saying why.
-from . import triton_backend  # noqa: E402,F401  registers "triton"
-from . import cuda_backend  # noqa: E402,F401  registers "cuda", "cuda_cufftdx", "cuda_fused", "cuda_cufft"
 
 __all__ = [
     "Backend",
@@ -44,5 +36,6 @@ __all__ = [
     "registered_backends",
     "resolve_backend",
     "spectral_gate",
+    "unregister_backend",
 ]
 __version__ = "0.1.0"

@@ -2,10 +2,12 @@
 
 A backend is a pair of plain functions ``forward(x, weight) -> y`` and
 ``backward(grad_y, x, weight) -> (grad_x, grad_weight)`` on a validated channels-last
-``x (B, H, W, C)`` and ``weight (H, W//2+1, C, 2)``, plus two questions: can it run on this
+``x (B, H, W, C)`` (any strides, ``B >= 1``) and ``weight (H, W//2+1, C, 2)`` in the compute
+dtype (``contract.compute_dtype``), with ``grad_y`` in ``x``'s dtype: the op settles all of
+that, and the output layout and dtypes, once for every backend (``ops.py``). Plus two questions: can it run on this
 machine at all (``availability``) and can it take these particular inputs (``supports``).
-Both answer ``None`` for yes, or a sentence saying why not. New kernels plug in by calling
-``register_backend``; the op, the module, the tests and the benchmarks pick them up.
+Both answer ``None`` for yes, or a sentence saying why not. Each backend module calls
+``register_backend`` when imported (``unregister_backend`` removes one); the op, the module, the tests and the benchmarks pick them up.
 """
 
 from __future__ import annotations
@@ -39,9 +41,16 @@ _REGISTRY: dict[str, Backend] = {}
 
 
 def register_backend(backend: Backend) -> None:
+    """Add (or replace) a backend; backend modules call this when they are imported."""
     if backend.name == "auto":
         raise ValueError("'auto' is reserved for automatic selection")
     _REGISTRY[backend.name] = backend
+
+
+def unregister_backend(name: str) -> Backend:
+    """Remove a registered backend and return it (``register_backend`` puts it back)."""
+    get_backend(name)  # an unknown name fails, listing the valid ones
+    return _REGISTRY.pop(name)
 
 
 def registered_backends() -> list[str]:

@@ -31,12 +31,14 @@ backends then report why they are unavailable.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Optional
 
 import torch
 
 from .backends import Backend, Reason, register_backend
+from .contract import KERNEL_DTYPES
 
 _EXTENSION = f"{__package__}._C"
 try:
@@ -79,8 +81,6 @@ def cufft_callback_failure() -> str:
 # replaced by the GPU benchmark (benchmarks/results).
 FUSED_MAX_SIDE_FOR_AUTO = 32
 
-X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
 
 def cuda_path(height: int, width: int) -> str:
     """The implementation the ``cuda`` backend runs for an ``(H, W)`` grid: the cuFFTDx kernel
@@ -103,7 +103,7 @@ def availability() -> Reason:
 def supports(x: torch.Tensor, weight: torch.Tensor) -> Reason:
     if x.device.type != "cuda":
         return f"it runs on CUDA tensors, x is on {x.device}"
-    if x.dtype not in X_DTYPES:
+    if x.dtype not in KERNEL_DTYPES:
         return f"it takes float32, bfloat16 or float16 x, got {x.dtype}"
     return None
 
@@ -124,15 +124,11 @@ def supports_fused(x: torch.Tensor, weight: torch.Tensor) -> Reason:
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, path: str) -> torch.Tensor:
-    # The kernels take the filter in fp32 (it is tiny); other weight dtypes are cast.
-    return torch.ops.spectformer_cuda.spectral_gate_forward(x, weight.float(), path)
+    return torch.ops.spectformer_cuda.spectral_gate_forward(x, weight, path)
 
 
 def _backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, path: str):
-    grad_x, grad_weight = torch.ops.spectformer_cuda.spectral_gate_backward(
-        grad_y.to(x.dtype), x, weight.float(), path
-    )
-    return grad_x, grad_weight.to(weight.dtype)
+    return tuple(torch.ops.spectformer_cuda.spectral_gate_backward(grad_y, x, weight, path))
 
 
 def spectral_gate_cuda(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -149,24 +145,14 @@ register_backend(Backend(
     "grids, cuFFT with a fused gate above",
     availability, supports,
 ))
-register_backend(Backend(
-    "cuda_cufftdx",
-    lambda x, weight: _forward(x, weight, "cufftdx"),
-    lambda grad_y, x, weight: _backward(grad_y, x, weight, "cufftdx"),
-    "CUDA C++ extension, cuFFTDx fused kernel only (the compiled model grids)",
-    availability, supports_cufftdx,
-))
-register_backend(Backend(
-    "cuda_fused",
-    lambda x, weight: _forward(x, weight, "fused"),
-    lambda grad_y, x, weight: _backward(grad_y, x, weight, "fused"),
-    "CUDA C++ extension, fused in-kernel DFT path only (H, W <= 64)",
-    availability, supports_fused,
-))
-register_backend(Backend(
-    "cuda_cufft",
-    lambda x, weight: _forward(x, weight, "cufft"),
-    lambda grad_y, x, weight: _backward(grad_y, x, weight, "cufft"),
-    "CUDA C++ extension, cuFFT R2C -> gate kernel -> C2R path only",
-    availability, supports,
-))
+# One backend per path, so benchmarks and tests can run each on its own.
+for _path, _description, _supports in (
+    ("cufftdx", "cuFFTDx fused kernel only (the compiled model grids)", supports_cufftdx),
+    ("fused", "fused in-kernel DFT path only (H, W <= 64)", supports_fused),
+    ("cufft", "cuFFT R2C -> gate kernel -> C2R path only", supports),
+):
+    register_backend(Backend(
+        f"cuda_{_path}", functools.partial(_forward, path=_path),
+        functools.partial(_backward, path=_path),
+        f"CUDA C++ extension, {_description}", availability, _supports,
+    ))

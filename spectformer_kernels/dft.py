@@ -24,8 +24,8 @@ element. The spectrum then comes out permuted (position ``k1 * N2 + k2`` holds f
 Inverse along W. ``Gw = Fw^H diag(c_k)`` with ``c_k`` = 1 for DC and Nyquist, 2 otherwise:
 the real inverse is the real transpose of the forward matrix with ``c_k`` folded in, which
 drops the imaginary part of the DC and Nyquist bins as CPU ``irfft`` does. Backward: ``dx``
-is the forward map with ``conj(K)`` (the map is self-adjoint up to conjugating ``K``, DESIGN
-section 1) and ``dK = sum_b conj(X) * c * D`` with ``D`` the spectrum of ``dy``.
+is the forward map with ``conj(K)`` (the map is self-adjoint up to conjugating ``K``,
+``docs/design.md``, "Derivatives") and ``dK = sum_b conj(X) * c * D`` with ``D`` the spectrum of ``dy``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ from typing import Optional
 
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
+
+from .backends import Backend, register_backend
+from .contract import compute_dtype, half_spectrum_size, half_spectrum_weights, self_conjugate_bins
 
 # H-axis length -> (N1, N2) for the factored transform; other lengths use one dense DFT.
 # Chosen from CPU measurements (1 thread, batch 16, 28x28x192 and 56x56x64): factoring H
@@ -50,11 +53,6 @@ H_FACTORS = {28: (4, 7), 56: (8, 7), 48: (8, 6), 96: (8, 12)}
 # batch 16: 10-20% less time than whole-batch passes at 28x28 and 56x56, even at 7x7 and
 # 14x14; 256 KB to 2 MB chunks within noise of each other).
 CPU_CHUNK_BYTES = 2 << 20
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 stays fp64 (gradcheck); every other input is computed in fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _twiddle(rows: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
@@ -79,15 +77,12 @@ class _Matrices:
 
 @lru_cache(maxsize=None)
 def _float64_matrices(h: int, w: int) -> _Matrices:
-    wk = w // 2 + 1
+    wk = half_spectrum_size(w)
     forward = _twiddle(torch.arange(w)[:, None], torch.arange(wk)[None, :], w) / math.sqrt(w)
     forward = torch.view_as_real(forward).flatten(1)  # (W, 2*Wk)
-    forward.view(w, wk, 2)[:, 0, 1] = 0.0  # Im of DC: exactly zero, not 1e-17
-    c = torch.full((wk,), 2.0, dtype=torch.float64)
-    c[0] = 1.0
-    if w % 2 == 0:
-        forward.view(w, wk, 2)[:, -1, 1] = 0.0  # Im of Nyquist
-        c[-1] = 1.0
+    # Im of DC and Nyquist: exactly zero, not 1e-17.
+    forward.view(w, wk, 2)[:, list(self_conjugate_bins(w)), 1] = 0.0
+    c = half_spectrum_weights(w)
     w_inverse = forward * c.repeat_interleave(2)
 
     factors = H_FACTORS.get(h)
@@ -230,4 +225,10 @@ def spectral_gate_dft_backward(
         # dx = the forward map with conj(K): the inverse of D * conj(K) / c = d_spec * conj(K).
         _inverse(d_spec.mul_(k_conj), m, out=grad_x[images])
     grad_k = grad_k.view(h, c, wk).mul_(m.c_weights)  # dK = sum_b conj(X) * c * d_spec
-    return grad_x, _filter_gradient(grad_k, m, wk, c).to(weight.dtype)
+    return grad_x, _filter_gradient(grad_k, m, wk, c)
+
+
+register_backend(Backend(
+    "dft", spectral_gate_dft, spectral_gate_dft_backward,
+    "separable real DFT as matrix products in plain PyTorch (no complex dtype)",
+))

@@ -24,6 +24,8 @@ from functools import lru_cache
 
 import torch
 
+from .contract import half_spectrum_size, half_spectrum_weights, self_conjugate_bins
+
 
 @dataclass(frozen=True)
 class DFTMatrices:
@@ -53,7 +55,7 @@ def _complex_as_real(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
 
 @lru_cache(maxsize=None)
 def _float64_matrices(h: int, w: int) -> DFTMatrices:
-    wk = w // 2 + 1
+    wk = half_spectrum_size(w)
     theta_w = _angles(wk, w, w)  # (Wk, W)
     scale_w = 1.0 / math.sqrt(w)
     w_forward = torch.cat([torch.cos(theta_w), -torch.sin(theta_w)], 0) * scale_w
@@ -65,16 +67,11 @@ def _float64_matrices(h: int, w: int) -> DFTMatrices:
     h_inverse = _complex_as_real(fh_re, -fh_im)
 
     # Real inverse along W: y[w] = sum_k c_k (Re Z_k cos - Im Z_k sin) / sqrt(W).
-    weights = torch.full((wk,), 2.0, dtype=torch.float64)
-    weights[0] = 1.0
-    if w % 2 == 0:
-        weights[-1] = 1.0
+    weights = half_spectrum_weights(w)
     theta = theta_w.T  # (W, Wk)
     gw_re = torch.cos(theta) * weights * scale_w
     gw_im = -torch.sin(theta) * weights * scale_w
-    gw_im[:, 0] = 0.0  # irfft ignores Im of the DC bin...
-    if w % 2 == 0:
-        gw_im[:, -1] = 0.0  # ...and of the Nyquist bin
+    gw_im[:, list(self_conjugate_bins(w))] = 0.0  # irfft ignores Im of DC and Nyquist
     w_inverse = torch.cat([gw_re, gw_im], 1)
     return DFTMatrices(w_forward, h_forward, h_inverse, w_inverse)
 

@@ -15,9 +15,12 @@ from .ops import spectral_gate
 class SpectralGatingNetwork(nn.Module):
     """Global filter layer: FFT over the token grid, learned complex gate, inverse FFT.
 
-    Holds ``complex_weight`` of shape ``(h, w, dim, 2)`` (``w = W//2+1`` for a ``W``-wide
-    grid), initialised ``randn * 0.02``: the exact name, shape and layout of GFNet and
-    SpectFormer checkpoints, so their state dicts load unchanged.
+    Holds ``complex_weight`` of shape ``(h, w, dim, 2)``, initialised ``randn * 0.02``: the
+    exact name, shape and layout of GFNet and SpectFormer checkpoints, so their state dicts
+    load unchanged. Mind the names, kept from GFNet's ``GlobalFilter``: ``h`` is the grid's
+    height ``H`` but ``w`` is the filter's width, the number of kept frequencies
+    ``W//2 + 1`` (``contract.half_spectrum_size``), not the grid's width ``W``: a 14x14 grid
+    takes ``w=8``. Everywhere else in the project ``W`` is the grid's width.
 
     ``forward(x, spatial_size=None)`` takes tokens ``(B, N, C)`` (a square ``sqrt(N)`` grid
     unless ``spatial_size=(H, W)`` is given) or a grid ``(B, H, W, C)``, and returns the same

@@ -8,9 +8,9 @@ argument:
     spectral_gate_backward(grad_y, x, weight, backend) -> (grad_x, grad_weight)
 
 Derivatives. ``y = G(x, K)`` is bilinear in ``(x, K)``, and its adjoint in ``x`` is the same
-map with the conjugate filter (DESIGN section 1: ``dx`` is the forward map with transposed
-matrices and ``conj(K)``, and the transposed matrices are the forward ones up to the
-``c_k`` weights, which commute with the gate). Writing ``B(g, x, K) = (G(g, conj K),
+map with the conjugate filter (``docs/design.md``, "Derivatives": ``dx`` is the forward map
+with transposed matrices and ``conj(K)``, and the transposed matrices are the forward ones up
+to the ``c_k`` weights, which commute with the gate). Writing ``B(g, x, K) = (G(g, conj K),
 W(g, x))`` for the backward op, with ``W`` the filter gradient (bilinear in ``g`` and
 ``x``, independent of ``K``), every derivative of every order is again a call of ``G`` or
 ``B``:
@@ -41,7 +41,7 @@ from torch.autograd import forward_ad
 
 from . import backends
 from .dft import spectral_gate_dft
-from .validation import check_spectral_gate_inputs
+from .contract import check_inputs, compute_dtype
 
 
 def _no_autocast(x: torch.Tensor):
@@ -60,19 +60,31 @@ def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
 
 
 # -- the two custom ops ------------------------------------------------------------------------
+#
+# What every backend may rely on is settled here, once, so no backend repeats it: the batch
+# is not empty, the filter is in the compute dtype, ``grad_out`` is in ``x``'s dtype, no
+# autocast region is active; outputs are made contiguous and the filter gradient is returned
+# in the filter's dtype. ``backend`` is a name ``spectral_gate`` already resolved (and the
+# backward receives the same one); ``"auto"`` from a direct caller of the op is resolved here.
+
+def _backend_for(name: str, x: torch.Tensor, weight: torch.Tensor) -> backends.Backend:
+    if name == "auto":
+        name = backends.resolve_backend(name, x, weight)
+    return backends.get_backend(name)
+
 
 @torch.library.custom_op("spectformer::spectral_gate", mutates_args=())
 def spectral_gate_op(x: torch.Tensor, weight: torch.Tensor, backend: str) -> torch.Tensor:
-    name = backends.resolve_backend(backend, x, weight)
     if x.shape[0] == 0:  # an empty batch is valid; some FFT libraries reject it
         return torch.empty_like(x, memory_format=torch.contiguous_format)
+    run = _backend_for(backend, x, weight)
     with _no_autocast(x):
-        return backends.get_backend(name).forward(x, weight).contiguous()
+        return run.forward(x, weight.to(compute_dtype(x.dtype))).contiguous()
 
 
 @spectral_gate_op.register_fake
 def _spectral_gate_fake(x, weight, backend):
-    check_spectral_gate_inputs(x, weight)
+    check_inputs(x, weight)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -80,12 +92,13 @@ def _spectral_gate_fake(x, weight, backend):
 def spectral_gate_backward_op(
     grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    name = backends.resolve_backend(backend, x, weight)
     if x.shape[0] == 0:
         return torch.empty_like(x, memory_format=torch.contiguous_format), torch.zeros_like(weight)
+    run = _backend_for(backend, x, weight)
     with _no_autocast(x):
-        grad_x, grad_weight = backends.get_backend(name).backward(grad_out, x, weight)
-    return grad_x.contiguous(), grad_weight.contiguous()
+        grad_x, grad_weight = run.backward(grad_out.to(x.dtype), x,
+                                           weight.to(compute_dtype(x.dtype)))
+    return grad_x.contiguous(), grad_weight.to(weight.dtype).contiguous()
 
 
 @spectral_gate_backward_op.register_fake
@@ -328,7 +341,7 @@ def spectral_gate(
         autocast region an fp32 ``x`` is first cast to the autocast dtype, as a matmul's
         inputs would be.
     """
-    check_spectral_gate_inputs(x, weight)
+    check_inputs(x, weight)
     autocast_dtype = _autocast_dtype(x)
     if autocast_dtype is not None and x.dtype == torch.float32:
         # Like a matmul under autocast: run (and return) in the autocast dtype. The

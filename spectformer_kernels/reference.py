@@ -13,16 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from .dft import compute_dtype
-
-
-def _half_spectrum_weights(w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    wk = w // 2 + 1
-    c = torch.full((wk,), 2.0, dtype=dtype, device=device)
-    c[0] = 1.0
-    if w % 2 == 0:
-        c[-1] = 1.0
-    return c[:, None]  # broadcasts over (B, H, Wk, C)
+from .backends import Backend, register_backend
+from .contract import compute_dtype, half_spectrum_weights
 
 
 def spectral_gate_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -39,7 +31,7 @@ def spectral_gate_reference_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _, h, w, _ = x.shape
     dtype = compute_dtype(x.dtype)
-    c = _half_spectrum_weights(w, dtype, x.device)
+    c = half_spectrum_weights(w, dtype, x.device)[:, None]  # broadcasts over (B, H, Wk, C)
     k = torch.view_as_complex(weight.to(dtype).contiguous())
     d_gated = torch.fft.rfft2(grad_out.to(dtype), dim=(1, 2), norm="ortho") * c
     spec = torch.fft.rfft2(x.to(dtype), dim=(1, 2), norm="ortho")
@@ -48,7 +40,7 @@ def spectral_gate_reference_backward(
     # gave silently wrong gradients.
     grad_k = (spec.conj_physical() * d_gated).sum(0)
     grad_x = torch.fft.irfft2(d_gated * k.conj_physical() / c, s=(h, w), dim=(1, 2), norm="ortho")
-    return grad_x.to(x.dtype), torch.view_as_real(grad_k).to(weight.dtype).contiguous()
+    return grad_x.to(x.dtype), torch.view_as_real(grad_k)
 
 
 def oracle(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor | None = None):
@@ -64,3 +56,9 @@ def oracle(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor | None 
         return y.detach()
     gx, gw = torch.autograd.grad(y, (x64, w64), grad_out.detach().to("cpu", torch.float64))
     return y.detach(), gx, gw
+
+
+register_backend(Backend(
+    "reference", spectral_gate_reference, spectral_gate_reference_backward,
+    "torch.fft rfft2 -> complex multiply -> irfft2, exactly as GFNet writes it",
+))

@@ -1,8 +1,19 @@
 import os
 
+import pytest
 import torch
 
 # Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; the variable
 # must be set before triton is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (modules opt in with ``pytestmark``): two threads on
+    a loaded two-core machine are several times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

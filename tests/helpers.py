@@ -10,6 +10,20 @@ import torch
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float64: 1e-12}
 
 
+# Grids every backend test covers: size 1, odd, non-square, non-power-of-two sides, and channel
+# counts that are not a multiple of any block size; test files add their own cases.
+AWKWARD_SHAPES = [
+    (2, 1, 1, 3),
+    (3, 5, 9, 7),
+    (2, 7, 6, 5),
+    (2, 11, 4, 13),
+    (2, 14, 14, 33),
+    (1, 12, 16, 10),
+    (1, 28, 28, 17),
+    (1, 56, 56, 9),
+]
+
+
 def fresh_seed() -> int:
     """A new seed every run (never the same inputs twice); printed in failure messages."""
     return secrets.randbits(31)
@@ -29,3 +43,14 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual = actual.detach().to("cpu", torch.float64)
     expected = expected.detach().to("cpu", torch.float64)
     return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
+def check_bf16_autocast_and_channels_last(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """A model in eval mode runs under bf16 autocast close to fp32, and channels-last inputs
+    and weights give the fp32 result."""
+    ref = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert rel_err(low, ref) < 5e-2
+    model = model.to(memory_format=torch.channels_last)
+    assert rel_err(model(x.to(memory_format=torch.channels_last)), ref) < 1e-5

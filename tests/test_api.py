@@ -36,8 +36,7 @@ def unavailable_backend():
         availability=lambda: "it needs hardware this machine lacks",
     ))
     yield name
-    from spectformer_kernels import backends
-    del backends._REGISTRY[name]
+    sk.unregister_backend(name)
 
 
 def test_explicit_unavailable_backend_is_a_clear_error(unavailable_backend):

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import subprocess
-from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks import spectral_gate
 from benchmarks.common import DEFAULT_OUT, REPO_ROOT
@@ -21,12 +19,7 @@ def git_status() -> str:
                           cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_default_run_leaves_git_status_unchanged(tmp_path, monkeypatch):

@@ -13,18 +13,13 @@ import pytest
 import torch
 
 import spectformer
-from spectformer import checkpointing, cli, train, validate
+from spectformer import cli, train, training_state, validate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["--model", "spectformer_digits", "--data", "digits", "--img-size", "16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def refused(capsys, main, prog: str, argv: list[str]) -> str:
@@ -109,8 +104,8 @@ def test_unreadable_checkpoint_is_one_line_naming_it(tmp_path, capsys, content):
     assert str(bad) in err
     with pytest.raises(ValueError, match=str(bad)):
         spectformer.load_checkpoint(spectformer.create_model("spectformer_digits"), bad)
-    with pytest.raises(checkpointing.CheckpointError, match=str(bad)):
-        checkpointing.load_training_checkpoint(bad)
+    with pytest.raises(training_state.CheckpointError, match=str(bad)):
+        training_state.load_training_checkpoint(bad)
 
 
 def test_official_checkpoint_with_an_argparse_namespace_validates(tmp_path, capsys):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import spectformer
+from helpers import rel_err
 from spectformer_kernels import SpectralGatingNetwork
 
 # name: (dims, depths, layer-scale init, drop path, exact params, paper params (M), paper GFLOPs)
@@ -21,10 +22,6 @@ GFNET_H = {
     "gfnet_h_b": ((96, 192, 384, 768), (3, 3, 27, 3), 1e-6, 0.4, 53_744_200, 54, 8.6),
 }
 TINY = dict(img_size=64, embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_classes=5)
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def on_meta(name, **overrides):
@@ -211,7 +208,7 @@ def test_other_spectral_layers(layer):
     assert out.shape == (2, 5) and torch.isfinite(out).all()
 
 
-# -- compile, autocast, memory formats, FLOPs --------------------------------------------
+# -- compile and FLOPs (autocast and memory formats: test_models.py) --------------------------------------------
 
 def test_torch_compile_matches_eager():
     torch.manual_seed(0)
@@ -219,18 +216,6 @@ def test_torch_compile_matches_eager():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert rel_err(torch.compile(model)(x), model(x)) < 1e-5
-
-
-def test_bf16_autocast_and_channels_last():
-    torch.manual_seed(0)
-    model = spectformer.create_model("gfnet_h_ti", **TINY).eval()
-    x = torch.randn(2, 3, 64, 64)
-    ref = model(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = model(x)
-    assert rel_err(low, ref) < 5e-2
-    model = model.to(memory_format=torch.channels_last)
-    assert rel_err(model(x.to(memory_format=torch.channels_last)), ref) < 1e-5
 
 
 @pytest.mark.slow

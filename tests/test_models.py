@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import spectformer
+from helpers import check_bf16_autocast_and_channels_last, rel_err
 from spectformer.models import SPECTRAL_LAYERS, flop_analysis, haar_dwt2, haar_idwt2
 from spectformer_kernels import SpectralGatingNetwork
 
@@ -37,10 +38,6 @@ HIERARCHICAL = {  # name: (stem, dims, depths, heads, mlp ratios, params with au
 # The paper's / GFNet's figures (G, fvcore convention).
 PAPER_GFLOPS = {"spectformer_t": 1.84, "spectformer_xs": 4.00, "spectformer_s": 6.63,
                 "spectformer_b": 11.57}
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def on_meta(name, **overrides):
@@ -515,18 +512,17 @@ def test_torch_compile_matches_eager_hierarchical():
         assert rel_err(torch.compile(model)(x), model(x)) < 1e-5
 
 
-@pytest.mark.parametrize("build", [lambda: spectformer.create_model("spectformer_digits", in_chans=3),
-                                   lambda: tiny_hierarchical(img_size=32)], ids=["vanilla", "hierarchical"])
-def test_bf16_autocast_and_channels_last(build):
+@pytest.mark.parametrize("build,size", [
+    (lambda: spectformer.create_model("spectformer_digits", in_chans=3), 32),
+    (lambda: tiny_hierarchical(img_size=32), 32),
+    (lambda: spectformer.create_model("gfnet_h_ti", img_size=64, embed_dims=(8, 16, 24, 32),
+                                      depths=(1, 2, 1, 1), num_classes=5), 64),
+], ids=["vanilla", "hierarchical", "gfnet_h"])
+def test_bf16_autocast_and_channels_last(build, size):
     torch.manual_seed(0)
     model = build().eval()
-    x = torch.randn(2, 3, 32, 32)
-    ref = model(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = model(x)
-    assert rel_err(low, ref) < 5e-2
-    model = model.to(memory_format=torch.channels_last)
-    assert rel_err(model(x.to(memory_format=torch.channels_last)), ref) < 1e-5
+    x = torch.randn(2, 3, size, size)
+    check_bf16_autocast_and_channels_last(model, x)
 
 
 # -- FLOPs -----------------------------------------------------------------------------

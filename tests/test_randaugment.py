@@ -20,12 +20,7 @@ from spectformer.randaugment import (
 from spectformer.random_erasing import RandomErasing
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def image255(chans=3, h=12, w=10, seed=0):

@@ -9,18 +9,13 @@ import stat
 import pytest
 import torch
 
-from spectformer import checkpointing, train
+from spectformer import train, training_state
 
 ARGS = ["--model", "spectformer_digits", "--data", "digits", "--img-size", "16",
         "--batch-size", "128", "--lr", "2e-3", "--warmup-epochs", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +47,8 @@ def test_resume_with_output_writes_there_and_never_over_another_run(stopped_run,
 def test_outputs_honour_the_umask(tmp_path):
     previous = os.umask(0o027)
     try:
-        checkpointing.atomic_save({"w": torch.ones(1)}, tmp_path / "a.pt")
-        checkpointing.atomic_write_text(tmp_path / "b.txt", "x")
+        training_state.atomic_save({"w": torch.ones(1)}, tmp_path / "a.pt")
+        training_state.atomic_write_text(tmp_path / "b.txt", "x")
     finally:
         os.umask(previous)
     for name in ("a.pt", "b.txt"):
@@ -75,7 +70,7 @@ def test_full_disk_names_the_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", torch_on_a_full_disk)
     with pytest.raises(OSError, match="cannot write .*last.pt"):
-        checkpointing.atomic_save({}, tmp_path / "last.pt")
+        training_state.atomic_save({}, tmp_path / "last.pt")
     assert list(tmp_path.iterdir()) == []
 
 

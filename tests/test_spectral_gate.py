@@ -9,19 +9,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import helpers
 from helpers import TOLERANCE, fresh_seed, make_inputs, rel_err
 from spectformer_kernels import oracle, spectral_gate
 
 PORTABLE = ["reference", "dft"]
-AWKWARD_SHAPES = [
-    (2, 1, 1, 3),
-    (3, 5, 9, 7),
-    (2, 7, 6, 5),
-    (2, 11, 4, 13),
-    (2, 14, 14, 33),
-    (1, 28, 28, 17),
-    (1, 56, 56, 9),
-    (1, 12, 16, 10),
+AWKWARD_SHAPES = helpers.AWKWARD_SHAPES + [
     (2, 1, 13, 4),  # 1xN and Nx1, prime N
     (2, 13, 1, 4),
     (1, 48, 7, 5),  # factored H axes (dft): 48 = 8*6, 96 = 8*12, with odd W

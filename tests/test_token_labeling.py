@@ -19,12 +19,7 @@ from spectformer.token_labeling import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_folder(root, score_root, per_class=3, size=(48, 40), map_side=6):

@@ -19,19 +19,13 @@ import pytest
 import torch
 import yaml
 
-from spectformer import augment, checkpointing, config, data, train, validate
+from spectformer import augment, config, data, runtime, train, training_state, validate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMING_COLUMNS = set(train.TIMING_COLUMNS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two threads on a loaded two-core machine are several times slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digits_args(output: Path, *extra: str) -> list[str]:
@@ -117,7 +111,7 @@ def test_mixup_rejects_bad_arguments():
 
 def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    checkpointing.atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
+    training_state.atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
 
     real_save = torch.save
 
@@ -128,7 +122,7 @@ def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash_midway)
     with pytest.raises(KeyboardInterrupt):
-        checkpointing.atomic_save({"epoch": 2, "w": torch.zeros(3)}, path)
+        training_state.atomic_save({"epoch": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     kept = torch.load(path, weights_only=True)
     assert kept["epoch"] == 1 and torch.equal(kept["w"], torch.ones(3))
@@ -138,22 +132,22 @@ def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "last.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(checkpointing.CheckpointError, match="truncated or corrupt"):
-        checkpointing.load_training_checkpoint(bad)
+    with pytest.raises(training_state.CheckpointError, match="truncated or corrupt"):
+        training_state.load_training_checkpoint(bad)
     torch.save({"model": {}}, bad)
-    with pytest.raises(checkpointing.CheckpointError, match="not a training checkpoint"):
-        checkpointing.load_training_checkpoint(bad)
-    with pytest.raises(checkpointing.CheckpointError, match="no such file"):
-        checkpointing.load_training_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(training_state.CheckpointError, match="not a training checkpoint"):
+        training_state.load_training_checkpoint(bad)
+    with pytest.raises(training_state.CheckpointError, match="no such file"):
+        training_state.load_training_checkpoint(tmp_path / "missing.pt")
 
 
 def test_rng_state_round_trip():
     import random
 
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
-    state = checkpointing.capture_rng_state()
+    state = training_state.capture_rng_state()
     first = (torch.rand(2), np.random.rand(2), random.random())
-    checkpointing.restore_rng_state(state)
+    training_state.restore_rng_state(state)
     again = (torch.rand(2), np.random.rand(2), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
     assert first[2] == again[2]
@@ -208,7 +202,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(two_epoch_run, tmp_path, mo
 
 
 def test_resume_with_a_different_network_is_refused(two_epoch_run, tmp_path):
-    with pytest.raises(checkpointing.CheckpointError, match="img_size: checkpoint 16, now 32"):
+    with pytest.raises(training_state.CheckpointError, match="img_size: checkpoint 16, now 32"):
         train.main(["--resume", str(two_epoch_run / "last.pt"), "--img-size", "32",
                     "--output", str(tmp_path)])
 
@@ -278,7 +272,7 @@ def test_weight_decay_exempts_norms_biases_and_pos_embed():
     import spectformer
 
     model = spectformer.create_model("spectformer_digits")
-    decay, no_decay = train.parameter_groups(model, 0.05)
+    decay, no_decay = runtime.parameter_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     exempt = {names[id(p)] for p in no_decay["params"]}
     assert "pos_embed" in exempt and "norm.weight" in exempt and "head.bias" in exempt

@@ -20,8 +20,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .layers import init_vit_weights, stochastic_depth_rates, to_2tuple
-from .registry import default_cfg, register_model
+from .layers import init_vit_weights, stochastic_depth_rates
+from .registry import build_model, register_model
 from .spectral import BackendSwitchMixin
 from .vanilla import PatchEmbed, SpectralBlock
 
@@ -144,13 +144,7 @@ class GFNetH(BackendSwitchMixin, nn.Module):
 
 
 def _build(defaults: dict, overrides: dict) -> GFNetH:
-    config = {**defaults, **overrides}
-    model = GFNetH(**config)
-    img = to_2tuple(config.get("img_size", 224), "img_size")
-    model.default_cfg = default_cfg(num_classes=model.num_classes,
-                                    input_size=(config.get("in_chans", 3), *img),
-                                    first_conv="patch_embed.0.proj")
-    return model
+    return build_model(GFNetH, defaults, overrides, first_conv="patch_embed.0.proj")
 
 
 # Configurations of the official training script (``--arch gfnet-h-ti / -s / -b``).

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from .layers import (
-    SplitQKVAttention, check_heads, drop_path_or_identity, init_conv_fan_out, init_vit_weights,
-    stochastic_depth_rates, to_2tuple,
+    Mlp, SplitQKVAttention, check_heads, drop_path_or_identity, init_conv_fan_out,
+    init_vit_weights, split_qkv_attention, stochastic_depth_rates, to_2tuple,
 )
-from .registry import default_cfg, register_model
+from .registry import build_model, register_model
 from .spectral import BackendSwitchMixin, make_spectral_layer
 
 # Block norms use eps 1e-6; the stem and downsampling norms keep LayerNorm's default 1e-5,
@@ -121,16 +121,13 @@ class ClassAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = check_heads(dim, num_heads)
+        # Created kv, q, proj: another order would change the weights a seed initialises.
         self.kv = nn.Linear(dim, 2 * dim)
         self.q = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        k, v = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q = self.q(x[:, :1]).reshape(b, 1, self.num_heads, self.head_dim).transpose(1, 2)
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, 1, c))
+        return split_qkv_attention(self, x[:, :1], x)
 
 
 class ClassBlock(nn.Module):
@@ -141,23 +138,12 @@ class ClassBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.norm2 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.attn = ClassAttention(dim, num_heads)
-        self.mlp = _PlainMlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cls = x[:, :1] + self.attn(self.norm1(x))
         cls = cls + self.mlp(self.norm2(cls))
         return torch.cat((cls, x[:, 1:]), dim=1)
-
-
-class _PlainMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class SpectFormerH(BackendSwitchMixin, nn.Module):
@@ -310,16 +296,8 @@ def swap_box(tokens: torch.Tensor, grid: Sequence[int], box: Sequence[int]) -> t
     return mixed.reshape(b, -1, c)
 
 
-_H_CFG = {"first_conv": "patch_embed1.conv.0"}
-
-
 def _build(defaults: dict, overrides: dict) -> SpectFormerH:
-    config = {**defaults, **overrides}
-    model = SpectFormerH(**config)
-    img = to_2tuple(config.get("img_size", 224), "img_size")
-    model.default_cfg = default_cfg(num_classes=model.num_classes,
-                                    input_size=(config.get("in_chans", 3), *img), **_H_CFG)
-    return model
+    return build_model(SpectFormerH, defaults, overrides, first_conv="patch_embed1.conv.0")
 
 
 @register_model

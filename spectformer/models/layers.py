@@ -95,10 +95,17 @@ class SplitQKVAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, spatial_size=None) -> torch.Tensor:
-        b, n, c = x.shape
-        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return self.proj(attention(q, k, v, 0.0).transpose(1, 2).reshape(b, n, c))
+        return split_qkv_attention(self, x, x)
+
+
+def split_qkv_attention(layer: nn.Module, queries: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``queries (B, M, C)`` attend over ``x (B, N, C)`` through ``layer``'s ``q``, ``kv`` and
+    ``proj`` projections and ``num_heads`` heads; returns ``(B, M, C)``."""
+    b, n, c = x.shape
+    m = queries.shape[1]
+    q = layer.q(queries).reshape(b, m, layer.num_heads, layer.head_dim).transpose(1, 2)
+    k, v = layer.kv(x).reshape(b, n, 2, layer.num_heads, layer.head_dim).permute(2, 0, 3, 1, 4)
+    return layer.proj(attention(q, k, v, 0.0).transpose(1, 2).reshape(b, m, c))
 
 
 def init_vit_weights(module: nn.Module) -> None:

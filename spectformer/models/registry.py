@@ -30,6 +30,20 @@ def default_cfg(**overrides) -> dict:
     return cfg
 
 
+def build_model(cls: Callable[..., nn.Module], defaults: dict, overrides: dict,
+                **cfg_overrides) -> nn.Module:
+    """``cls(**defaults, **overrides)`` carrying its ``default_cfg``: the input size and class
+    count it was built for, plus ``cfg_overrides`` (first conv, normalisation, crop)."""
+    from .layers import to_2tuple
+
+    config = {**defaults, **overrides}
+    model = cls(**config)
+    img = to_2tuple(config.get("img_size", 224), "img_size")
+    model.default_cfg = default_cfg(num_classes=model.num_classes,
+                                    input_size=(config.get("in_chans", 3), *img), **cfg_overrides)
+    return model
+
+
 def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Decorator: register ``builder(**overrides) -> nn.Module`` under its function name."""
     name = builder.__name__

@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from spectformer_kernels import SpectralGatingNetwork
+# The op's compute dtype serves these layers too: torch.fft has no bf16/fp16 kernels on
+# every device, so they transform in fp32 (fp64 for fp64 inputs).
+from spectformer_kernels.contract import compute_dtype
 
 SPECTRAL_LAYERS = ("fgn", "fn", "afno", "wgn")
 
@@ -32,17 +35,12 @@ def _grid(x: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
     return x.reshape(b, h, w, c)
 
 
-def _transform_dtype(x: torch.Tensor) -> torch.dtype:
-    # torch.fft has no bf16/fp16 kernels on every device: transform those in fp32.
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 class FourierMixing(nn.Module):
     """FNet on the token grid: ``Re(fft2(x))`` over (H, W), orthonormal, no parameters."""
 
     def forward(self, x: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
         grid = _grid(x, spatial_size)
-        mixed = torch.fft.fft2(grid.to(_transform_dtype(grid)), dim=(1, 2), norm="ortho").real
+        mixed = torch.fft.fft2(grid.to(compute_dtype(grid.dtype)), dim=(1, 2), norm="ortho").real
         return mixed.to(x.dtype).reshape(x.shape)
 
 
@@ -81,7 +79,7 @@ class AdaptiveFourierMixing(nn.Module):
     def forward(self, x: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
         grid = _grid(x, spatial_size)
         b, h, w, c = grid.shape
-        spec = torch.fft.rfft2(grid.to(_transform_dtype(grid)), dim=(1, 2), norm="ortho")
+        spec = torch.fft.rfft2(grid.to(compute_dtype(grid.dtype)), dim=(1, 2), norm="ortho")
         re = spec.real.reshape(b, h, w // 2 + 1, self.num_blocks, self.block_size)
         im = spec.imag.reshape(re.shape)
         w1, b1, w2, b2 = (p.to(re.dtype) for p in (self.w1, self.b1, self.w2, self.b2))

@@ -16,7 +16,7 @@ from .layers import (
     FusedQKVAttention, Mlp, drop_path_or_identity, init_vit_weights, stochastic_depth_rates,
     to_2tuple,
 )
-from .registry import default_cfg, register_model
+from .registry import build_model, register_model
 from .spectral import BackendSwitchMixin, make_spectral_layer
 
 
@@ -148,16 +148,10 @@ class SpectFormer(BackendSwitchMixin, nn.Module):
 
 
 def _build(name: str, defaults: dict, overrides: dict, all_spectral: bool = False) -> SpectFormer:
-    config = {**defaults, **overrides}
     if all_spectral and "alpha" not in overrides:
-        config["alpha"] = config["depth"]  # GFNet stays all-spectral when its depth changes
-    model = SpectFormer(**config)
-    img = to_2tuple(config.get("img_size", 224), "img_size")
-    model.default_cfg = default_cfg(
-        num_classes=model.num_classes, input_size=(config.get("in_chans", 3), *img),
-        **_CFG_EXTRAS.get(name, {}),
-    )
-    return model
+        # GFNet stays all-spectral when its depth changes.
+        defaults = {**defaults, "alpha": overrides.get("depth", defaults["depth"])}
+    return build_model(SpectFormer, defaults, overrides, **_CFG_EXTRAS.get(name, {}))
 
 
 _CFG_EXTRAS = {

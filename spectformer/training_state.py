@@ -1,4 +1,6 @@
-"""Training checkpoints: atomic writes, random-number-generator states, checked loading.
+"""A training run's saved state: atomic writes, random-number-generator states, checked
+loading of training checkpoints for ``--resume``. (Loading model weights, official layouts
+included, is ``spectformer.models.checkpoint``.)
 
 A checkpoint is written to a temporary file in the same folder, flushed to disk, then
 renamed over the target (``os.replace`` is atomic on POSIX and Windows), so a crash or a
