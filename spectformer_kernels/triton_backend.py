@@ -2,76 +2,79 @@
 
 Design
 ------
-The op is a fixed real-linear map per channel (DESIGN section 1), computed here with the
-separable real DFT matrices of ``dft_matrices``. One program owns ``BLOCK_C`` channels of
-one batch element and keeps their whole token grid on chip. The tile is laid out so that
-every stage is a plain 2-D ``tl.dot`` with one small, shared DFT matrix and the tensors
-between stages are row-major regroupings of each other (no transposes):
+The op is a fixed real-linear map per channel (``docs/design.md``, "The operation"). One
+program owns ``BLOCK_C`` channels and ``BATCH_PER_PROGRAM`` batch elements. It loads the
+DFT matrices and its channels' filter once, keeps them on chip, and loops over its batch
+elements: each is read from HBM once and written once, which is the op's floor. Every
+transform is a ``tl.dot`` with fp32 accumulation; between stages nothing leaves the chip.
 
-    x  (W, BLOCK_C*H)      loaded from channels-last memory, rows w, columns (c, h)
-    A = Fw @ x             W-axis real DFT, (Wk, W) @ (W, BLOCK_C*H); re and im parts
-    X = A' @ Fh            A' = A regrouped as (Wk*BLOCK_C, H); H-axis complex DFT (4 dots)
-    Y = X * K              complex gate, K read straight from ``complex_weight``
-    Z = Y @ conj(Fh)       H-axis inverse (4 dots)
-    y = Gw_re @ Re Z' + Gw_im @ Im Z'    Z' = Z regrouped as (Wk, BLOCK_C*H); CPU irfft rules
+Two kernel forms, chosen per grid (``uses_dense_map``):
 
-``Fh`` and ``conj(Fh)`` are symmetric, so multiplying by them from the right transforms
-along h. Between the load of ``x`` and the store of ``y`` nothing goes to global memory:
-HBM traffic is one read of ``x``, one write of ``y`` and the (L2-resident) matrices and
-filter, which is the op's floor.
+* **Separable** (most grids). A batch element is an ``(H*BLOCK_C, W)`` tile, rows (h, c):
 
-The backward kernel reads ``x`` and ``dy`` once and writes ``dx`` once. It recomputes the
-spectrum ``X``, pulls ``dy`` back through the adjoint inverse stages to ``D`` (the gradient
-reaching ``Y``), accumulates ``dK = sum_b conj(X) * D`` in registers over
-``BATCH_PER_PROGRAM`` batch elements in a fixed order, and pushes ``D * conj(K)`` through
-the adjoint forward stages to ``dx``. Each program writes its ``dK`` partial to its own
-slot and the slots are summed over a fixed axis afterwards, so ``dK`` is bitwise
-reproducible (no atomics). The partials cost about ``1/BATCH_PER_PROGRAM`` of the bytes
-of ``x`` in extra traffic.
+      A = x @ M1          W-axis real DFT from the right; M1 = Fw^T with the half spectrum
+                          *stacked*: column 2k + part holds Re/Im of bin k, so one product
+                          gives both parts and only 2*Wk is padded (not Wk twice)
+      A' = A regrouped as (H, BLOCK_C*S)      a row-major reshape, no data moved
+      X = Fh @ A'         H-axis complex DFT from the left: Re Fh and Im Fh each multiply
+                          the one stacked operand; the parts recombine in registers
+      G = X * K           the gate, K read straight from ``complex_weight``
+      Z = conj(Fh) @ G    H-axis inverse, the same way
+      y = Z @ M4          W-axis inverse with CPU ``irfft`` rules (M4 = Gw^T, stacked rows)
 
-Padding and precision
----------------------
-Triton tiles have power-of-two sides and dot operands need at least 16 along each matrix
-axis, so H, W and Wk = W//2+1 are padded to ``max(16, next_pow2(n))`` *inside the kernel*
-with masked loads (zeros in the matrices and in ``x`` beyond the grid); tensors in HBM
-are never padded. Every dot accumulates in fp32.
+* **Dense map** (small grids, padded H*W and 2*H*Wk at most ``DENSE_MAX``, e.g. 7x7). The
+  whole rfft2 and the whole inverse are one real matrix each (``dft_matrices.dense_maps``),
+  and a batch element is a ``(BLOCK_C, H*W)`` tile with channels as rows: two products and
+  the gate, no regrouping. Padding 7x7 to 16x16 for the separable form would waste 5x.
 
-* fp32 inputs: ``input_precision="ieee"`` dots (TF32 would miss the 1e-5 bar); about
-  1.5e-7 relative error against the float64 oracle (measured in the interpreter).
-* fp16 inputs: dot operands in fp16 (intermediates rounded to fp16 between stages),
-  about 7e-4.
-* bf16 inputs: dot operands in bf16, about 5e-3 (bar: 1e-2). Overflow-safe, unlike fp16
-  operands, because bf16 has fp32's exponent range.
+The backward kernels read ``x`` and ``dy`` once and write ``dx`` once. They recompute the
+spectrum ``X``, pull ``dy`` back through the adjoint inverse stages to ``D`` (the gradient
+reaching the gated spectrum), accumulate ``dK = sum_b conj(X) * D`` in registers over the
+program's batch elements in a fixed order, and push ``D * conj(K)`` through the adjoint
+forward stages to ``dx``. Each program writes its ``dK`` partial to its own slot and the
+slots are summed over a fixed axis afterwards, so ``dK`` is bitwise reproducible.
 
-There is no TF32 mode: its accuracy could not be measured without a GPU.
+Padding: Triton tiles have power-of-two sides and dot operands at least 16 along each axis,
+so tiles are padded *inside the kernel* with masked loads; tensors in HBM are never padded.
+
+Precision
+---------
+* bf16: operands in bf16 (fp32's exponent range, so nothing overflows), about 5e-3 against
+  the float64 oracle (bar 1e-2; measured 4e-3 to 6e-3).
+* fp16: operands in fp16 after scaling each channel of ``x`` and ``K`` by a power of two so
+  that its largest magnitude lies in [0.5, 1); the output is scaled back exactly. |X| can
+  reach sqrt(HW) * max|x|, so unscaled fp16 operands would overflow where torch.fft does
+  not; scaled, they cannot. About 6e-4 (measured in the interpreter, 7x7 to 56x56).
+* fp32: the same scaling, then each operand is split into fp16 parts, ``hi = fp16(v)`` and
+  ``lo = fp16(v - hi)`` (22 significant bits together), and each product is
+  ``hi@hi + hi@lo + lo@hi`` (three fp16 tensor-core products). The split is written in the
+  kernel, so Triton's interpreter computes what the GPU computes and CI checks the 1e-5 bar
+  (measured 3e-7 to 6e-7 on 7x7 to 56x56). bf16 parts (16 bits) gave 1.2e-5 on 14x14,
+  over the bar.
 
 Supported inputs
 ----------------
-fp32, bf16 and fp16 ``x`` with any strides, any B and C, and 1 <= H, W <= ``MAX_GRID``
-(64, the DESIGN's largest grid). fp64, CPU tensors (unless Triton's interpreter is on),
-larger grids and single samples spanning 2**31 elements or more are declined by
-``supports`` with the reason: ``auto`` then falls back to the next backend (``reference``
-on CUDA) and an explicit ``backend="triton"`` raises ``BackendUnavailableError`` naming the
-limit. Batch and channel-block offsets are int64, so tensors beyond 2**31 elements work.
-Launches go on the current stream under a device guard with no host synchronisation, so the
-op can be captured in a CUDA graph once the autotuner has run for the shape (call it once
-before capturing).
+fp32, bf16 and fp16 ``x`` with any strides, any B and C, and 1 <= H, W <= ``MAX_GRID``.
+fp64, CPU tensors (unless Triton's interpreter is on), larger grids and single samples
+spanning 2**31 elements or more are declined by ``supports`` with the reason: ``auto`` then
+falls back and an explicit ``backend="triton"`` raises ``BackendUnavailableError`` naming
+the limit. Launches go on the current stream under a device guard with no host
+synchronisation, so the op can be captured in a CUDA graph once the autotuner has run for
+the shape (call it once before capturing).
 
-On CUDA the channel block (1-32) and warp count are autotuned per (H, W, C, dtype) and
-cached by Triton, among the configs ``kept_configs`` keeps: those the resource estimate
-(calibrated on sm_90a compiles) says fit, minus every config whose sm_90a compile with the
-launcher's specialization has a stack frame (``triton_sm90_resources``, regenerated by
-``python -m benchmarks.gpu_model``). A shape with no such config (the fp32 backward on
-56x56 and 64x64 grids, whose ten DFT matrices spill about 9 KB per thread) is declined by
-``supports`` with the reason, so ``auto`` falls back. Under ``TRITON_INTERPRET=1`` (CPU
-tensors, as in the tests) one heuristic configuration is used instead, because the
-autotuner's timing needs a GPU.
+On CUDA the channel block and warp count are autotuned per (H, W, C, dtype) among the
+configs ``kept_configs`` keeps: those the resource estimate says fit, minus every config
+whose sm_90a compile with the launcher's specialization has a stack frame
+(``triton_sm90_resources``, regenerated by ``python -m benchmarks.gpu_model``). A shape
+with no such config is declined by ``supports`` with the reason. Under
+``TRITON_INTERPRET=1`` (CPU tensors, as in the tests) one heuristic configuration is used,
+because the autotuner's timing needs a GPU.
 
 Launch arguments come from ``forward_arguments`` / ``backward_arguments`` and Triton's own
-launch binder (``specialization``): the resource harness (``benchmarks/triton_resources``)
-and the static GPU model (``benchmarks/gpu_model``) compile exactly what the launcher
-runs. The model's predictions for H100 (time, bound, against the floor and ``reference``)
-are in ``benchmarks/results/gpu_model_sm_90a.csv``: a static model, not measurements.
+launch binder (``specialization``), so the resource harness and the static GPU model
+(``benchmarks/gpu_model``) compile exactly what the launcher runs. The model's predictions
+for H100 are in ``benchmarks/results/gpu_model_sm_90a.csv``: a static model, not
+measurements.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .backends import Backend, register_backend
+from .contract import KERNEL_DTYPES as _SUPPORTED_DTYPES
 from .dft_matrices import dense_maps, dft_matrices
 
 try:
@@ -102,7 +107,6 @@ BATCH_PER_PROGRAM = 8  # batch elements whose dK one backward program sums befor
 MIN_DOT = 16  # smallest matrix side a tl.dot operand may have on every GPU target
 TILE_ELEMENTS = 4096  # BLOCK_C * H_pad * W_pad budget for the heuristic (interpreter) config
 
-_SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 # Tests replace this with a NaN-filling allocator to prove that every output element is
@@ -831,7 +835,8 @@ def forward_arguments(x, weight, y, mats) -> dict:
     specialization from it (``specialization``), so they compile what runs."""
     _, h, w, c = x.shape
     return dict(
-        x_ptr=x, weight_ptr=weight, y_ptr=y, **_matrix_arguments(h, w, mats), B=x.shape[0], C=c, **dict(zip(("sx_b", "sx_h", "sx_w", "sx_c"), x.stride())),
+        x_ptr=x, weight_ptr=weight, y_ptr=y, **_matrix_arguments(h, w, mats), B=x.shape[0],
+        C=c, **dict(zip(("sx_b", "sx_h", "sx_w", "sx_c"), x.stride())),
         **dict(zip(("sk_h", "sk_k", "sk_c", "sk_p"), weight.stride())),
         **kernel_constants(h, w), BATCH_PER_PROGRAM=BATCH_PER_PROGRAM,
         **_precision(x.dtype),
@@ -843,7 +848,8 @@ def backward_arguments(grad_y, x, weight, grad_x, grad_k_partials, mats) -> dict
     b, h, w, c = x.shape
     return dict(
         grad_y_ptr=grad_y, x_ptr=x, weight_ptr=weight, grad_x_ptr=grad_x,
-        grad_k_partial_ptr=grad_k_partials, **_matrix_arguments(h, w, mats), B=b, C=c, **dict(zip(("sg_b", "sg_h", "sg_w", "sg_c"), grad_y.stride())),
+        grad_k_partial_ptr=grad_k_partials, **_matrix_arguments(h, w, mats), B=b, C=c,
+        **dict(zip(("sg_b", "sg_h", "sg_w", "sg_c"), grad_y.stride())),
         **dict(zip(("sx_b", "sx_h", "sx_w", "sx_c"), x.stride())),
         **dict(zip(("sk_h", "sk_k", "sk_c", "sk_p"), weight.stride())),
         **kernel_constants(h, w), BATCH_PER_PROGRAM=BATCH_PER_PROGRAM,
@@ -916,14 +922,9 @@ def spectral_gate_triton_backward(
     return grad_x, grad_weight.to(weight.dtype).contiguous()
 
 
-def register() -> None:
-    from .backends import Backend, register_backend
-
-    register_backend(Backend(
-        "triton", spectral_gate_triton, spectral_gate_triton_backward,
-        "fused Triton kernels: separable DFT by tl.dot, gate and inverse in one pass",
-        availability=availability, supports=supports,
-    ))
-
-
-register()
+register_backend(Backend(
+    "triton", spectral_gate_triton, spectral_gate_triton_backward,
+    "fused Triton kernels: DFT by tl.dot (separable, or one dense map on small grids), "
+    "gate and inverse in one pass",
+    availability=availability, supports=supports,
+))
