@@ -46,7 +46,7 @@ DTYPES = ("fp32", "bf16")
 KERNELS = ("forward", "backward")
 FIELDS = [
     "kind", "target", "kernel", "dtype", "shape", "block_c", "num_warps", "registers",
-    "spill_bytes", "shared_bytes", "fits_smem", "est_tile_per_thread", "est_shared_bytes",
+    "spill_bytes", "shared_bytes", "fits_smem", "est_tile_per_thread",
     "compile_s", "status", "triton", "ptxas", "commit",
 ]  # spill_bytes: the stack frame cuobjdump reports (spill slots; the kernels have no arrays)
 KIND = "compile-time resources of sm_90a cubins on a CPU machine (not timings)"
@@ -220,7 +220,7 @@ def _configs(kernel: str, dtype: str, h: int, w: int, c: int, all_configs: bool)
 
 def _table(rows: list[dict]) -> str:
     head = (f"{'kernel':8} {'dtype':5} {'shape':10} {'BLOCK_C':>7} {'warps':>5} {'regs':>5} "
-            f"{'spill B':>8} {'smem B':>8} {'fits':>4} {'est e/thr':>9} {'est smem':>8}  status")
+            f"{'spill B':>8} {'smem B':>8} {'fits':>4} {'est e/thr':>9}  status")
     lines = [head, "-" * len(head)]
     for r in rows:
         def val(key):
@@ -229,8 +229,8 @@ def _table(rows: list[dict]) -> str:
         lines.append(
             f"{r['kernel']:8} {r['dtype']:5} {r['shape']:10} {r['block_c']:>7} "
             f"{r['num_warps']:>5} {val('registers'):>5} {val('spill_bytes'):>8} "
-            f"{val('shared_bytes'):>8} {val('fits_smem'):>4} {val('est_tile_per_thread'):>9} "
-            f"{val('est_shared_bytes'):>8}  {r['status']}")
+            f"{val('shared_bytes'):>8} {val('fits_smem'):>4} {val('est_tile_per_thread'):>9}  "
+            f"{r['status']}")
     return "\n".join(lines)
 
 
@@ -272,7 +272,7 @@ def main(argv=None) -> None:
                     rows.append({"kind": KIND, "target": TARGET, "kernel": kernel,
                                  "dtype": dtype, "shape": shape, "block_c": bc,
                                  "num_warps": nw, "est_tile_per_thread": est["tile_per_thread"],
-                                 "est_shared_bytes": est["shared_bytes"], "job": job})
+                                 "job": job})
                     jobs[job] = None
 
     try:

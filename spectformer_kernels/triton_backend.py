@@ -266,13 +266,17 @@ if _TRITON_IMPORT_ERROR is None:
 
     @triton.jit
     def _complex_left(m_re_hi, m_re_lo, m_im_hi, m_im_lo, a, HP: tl.constexpr,
-                      N: tl.constexpr, DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
-        """``(m_re + i m_im) @ a`` for an (HP, 2N) operand whose columns interleave the real
-        and imaginary parts: two real products on the one stacked operand, then the parts
-        recombined in registers. Returns re, im as (HP, N)."""
+                      N: tl.constexpr, CONJ: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                      SPLIT: tl.constexpr):
+        """``(m_re + i m_im) @ a``, or ``(m_re - i m_im) @ a`` when CONJ, for an (HP, 2N)
+        operand whose columns interleave the real and imaginary parts: two real products on
+        the one stacked operand, then the parts recombined in registers. Returns re, im as
+        (HP, N). (CONJ lets the inverse reuse the forward's matrices: fewer registers.)"""
         a_hi, a_lo = _split(a, DOT_DTYPE, SPLIT)
         p_re, p_im = tl.split(tl.reshape(_mm(m_re_hi, m_re_lo, a_hi, a_lo, SPLIT), (HP, N, 2)))
         q_re, q_im = tl.split(tl.reshape(_mm(m_im_hi, m_im_lo, a_hi, a_lo, SPLIT), (HP, N, 2)))
+        if CONJ:
+            return p_re + q_im, p_im - q_re
         return p_re - q_im, q_re + p_im
 
     @triton.jit
@@ -341,11 +345,11 @@ if _TRITON_IMPORT_ERROR is None:
         x_hi, x_lo = _split(x, DOT_DTYPE, SPLIT)
         a = tl.reshape(_mm(x_hi, x_lo, m1_hi, m1_lo, SPLIT), (HP, BLOCK_C * S))
         return _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, a, HP, BLOCK_C * (S // 2),
-                             DOT_DTYPE, SPLIT)
+                             False, DOT_DTYPE, SPLIT)
 
     @triton.jit
     def _forward_kernel(
-        x_ptr, weight_ptr, y_ptr, w_fwd_ptr, h_fwd_ptr, h_inv_ptr, w_inv_ptr,
+        x_ptr, weight_ptr, y_ptr, w_fwd_ptr, h_fwd_ptr, w_inv_ptr,
         B, C, sx_b, sx_h, sx_w, sx_c, sk_h, sk_k, sk_c, sk_p,
         H: tl.constexpr, W: tl.constexpr, WK: tl.constexpr,
         HP: tl.constexpr, WP: tl.constexpr, S: tl.constexpr,
@@ -370,10 +374,6 @@ if _TRITON_IMPORT_ERROR is None:
                                           SPLIT)
         fh_im_hi, fh_im_lo = _load_matrix(h_fwd_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
                                           DOT_DTYPE, SPLIT)
-        gh_re_hi, gh_re_lo = _load_matrix(h_inv_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE,
-                                          SPLIT)
-        gh_im_hi, gh_im_lo = _load_matrix(h_inv_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
-                                          DOT_DTYPE, SPLIT)
         k_re, k_im = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
                                   H, WK, HP, S, BLOCK_C)
         k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), HP, BLOCK_C,
@@ -391,7 +391,7 @@ if _TRITON_IMPORT_ERROR is None:
             s_re, s_im = _spectrum(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo,
                                    HP, S, BLOCK_C, DOT_DTYPE, SPLIT)
             g = _stacked(s_re * k_re - s_im * k_im, s_re * k_im + s_im * k_re, HP, 2 * N)
-            z_re, z_im = _complex_left(gh_re_hi, gh_re_lo, gh_im_hi, gh_im_lo, g, HP, N,
+            z_re, z_im = _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, g, HP, N, True,
                                        DOT_DTYPE, SPLIT)
             z = _stacked(z_re, z_im, HP * BLOCK_C, S)
             z_hi, z_lo = _split(z, DOT_DTYPE, SPLIT)
@@ -403,7 +403,7 @@ if _TRITON_IMPORT_ERROR is None:
     @triton.jit
     def _backward_kernel(
         grad_y_ptr, x_ptr, weight_ptr, grad_x_ptr, grad_k_partial_ptr,
-        w_fwd_ptr, h_fwd_ptr, h_inv_ptr, w_inv_ptr,
+        w_fwd_ptr, h_fwd_ptr, w_inv_ptr,
         B, C, sg_b, sg_h, sg_w, sg_c, sx_b, sx_h, sx_w, sx_c, sk_h, sk_k, sk_c, sk_p,
         H: tl.constexpr, W: tl.constexpr, WK: tl.constexpr,
         HP: tl.constexpr, WP: tl.constexpr, S: tl.constexpr,
@@ -428,10 +428,6 @@ if _TRITON_IMPORT_ERROR is None:
         fh_re_hi, fh_re_lo = _load_matrix(h_fwd_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE,
                                           SPLIT)
         fh_im_hi, fh_im_lo = _load_matrix(h_fwd_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
-                                          DOT_DTYPE, SPLIT)
-        gh_re_hi, gh_re_lo = _load_matrix(h_inv_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE,
-                                          SPLIT)
-        gh_im_hi, gh_im_lo = _load_matrix(h_inv_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
                                           DOT_DTYPE, SPLIT)
         k_re, k_im = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
                                   H, WK, HP, S, BLOCK_C)
@@ -459,7 +455,7 @@ if _TRITON_IMPORT_ERROR is None:
             # D, the gradient reaching the gated spectrum: adjoints of the two inverses.
             dy_hi, dy_lo = _split(dy, DOT_DTYPE, SPLIT)
             dz = tl.reshape(_mm(dy_hi, dy_lo, m4t_hi, m4t_lo, SPLIT), (HP, 2 * N))
-            d_re, d_im = _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, dz, HP, N,
+            d_re, d_im = _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, dz, HP, N, False,
                                        DOT_DTYPE, SPLIT)
 
             pk_re = s_re * d_re + s_im * d_im
@@ -472,8 +468,8 @@ if _TRITON_IMPORT_ERROR is None:
 
             # D * conj(K), then the adjoints of the H and W forward transforms.
             ds = _stacked(d_re * k_re + d_im * k_im, d_im * k_re - d_re * k_im, HP, 2 * N)
-            da_re, da_im = _complex_left(gh_re_hi, gh_re_lo, gh_im_hi, gh_im_lo, ds, HP, N,
-                                         DOT_DTYPE, SPLIT)
+            da_re, da_im = _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, ds, HP, N,
+                                         True, DOT_DTYPE, SPLIT)
             da = _stacked(da_re, da_im, HP * BLOCK_C, S)
             da_hi, da_lo = _split(da, DOT_DTYPE, SPLIT)
             dx = _mm(da_hi, da_lo, m1t_hi, m1t_lo, SPLIT)
@@ -718,8 +714,7 @@ def kernel_matrices(h: int, w: int, device) -> object:
 def _matrix_arguments(h: int, w: int, mats) -> dict:
     if uses_dense_map(h, w):
         return dict(fwd_map_ptr=mats.forward, inv_map_ptr=mats.inverse)
-    return dict(w_fwd_ptr=mats.w_forward, h_fwd_ptr=mats.h_forward, h_inv_ptr=mats.h_inverse,
-                w_inv_ptr=mats.w_inverse)
+    return dict(w_fwd_ptr=mats.w_forward, h_fwd_ptr=mats.h_forward, w_inv_ptr=mats.w_inverse)
 
 
 def _tile_elements(h: int, w: int) -> int:
@@ -740,23 +735,19 @@ def kernel_constants(h: int, w: int) -> dict:
     return dict(H=h, W=w, WK=wk, HP=_padded(h), WP=_padded(w), S=_padded(2 * wk))
 
 
-# Resource model behind the autotune pruner, calibrated on ptxas -v output for sm_90a
-# (benchmarks/triton_resources.py). In tile elements T = BLOCK_C * HP * max(WP, S) and
-# M = max(HP, WP)**2 (one DFT matrix): shared bytes ~ a*M + b*T + c, an upper bound on
-# every measured config; registers spill once a thread holds more than about E tile
-# elements or more than MATRIX_ELEMENTS_PER_THREAD elements of one matrix.
+# The pruner's candidates before the sm_90a compile table: configs whose CTA tile (padded
+# elements of BLOCK_C channels of one batch element) is at most MAX_CTA_TILE (or that hold
+# one channel), and whose tile
+# elements per thread are at most what compiled without a stack frame in the GPU model's
+# sm_90a compiles of the benchmark grids (larger ones spilled, and some kept ptxas busy
+# for many minutes). The compile table then drops any candidate that still spills or
+# needs more than SMEM_LIMIT of shared memory.
 SMEM_LIMIT = 227 * 1024  # Hopper's largest shared memory per block
-_SMEM_MODEL = {  # (kernel, 16-bit operands) -> (a, b, c)
-    ("forward", False): (24, 8, 1024),
-    ("forward", True): (4, 8, 2048),
-    ("backward", False): (24, 28, 10240),
-    ("backward", True): (16, 8, 4096),
+MAX_CTA_TILE = {False: 4096, True: 8192}  # separable, dense-map kernels
+_MAX_TILE_ELEMENTS_PER_THREAD = {  # (kernel, 16-bit operands)
+    ("forward", False): 32, ("forward", True): 32,
+    ("backward", False): 8, ("backward", True): 32,
 }
-_MAX_TILE_ELEMENTS_PER_THREAD = {
-    ("forward", False): 16, ("forward", True): 32,
-    ("backward", False): 8, ("backward", True): 16,
-}
-MATRIX_ELEMENTS_PER_THREAD = 16
 
 
 def kept_configs(kernel: str, dtype: str, h: int, w: int, c: int,
@@ -789,26 +780,22 @@ def kept_configs(kernel: str, dtype: str, h: int, w: int, c: int,
 
 def no_config_reason(kernel: str, dtype: str, h: int, w: int) -> str:
     return (f"no {kernel} kernel config for a {h}x{w} grid in {dtype} fits without spilling "
-            "registers (compiled for sm_90a: every candidate has a stack frame, or exceeds the "
-            "shared-memory or register estimate)")
+            "registers (compiled for sm_90a: every candidate has a stack frame or too much shared "
+            "memory, or exceeds the per-thread tile limit)")
 
 
 def estimate_resources(kernel: str, dtype: str, h: int, w: int, block_c: int,
                        num_warps: int) -> dict:
-    """Estimated shared bytes and per-thread load of one config (``dtype``: fp32/bf16/fp16)."""
+    """Tile elements per CTA and per thread of one config, and whether the pruner's limits
+    take it as a candidate (``dtype``: fp32/bf16/fp16)."""
+    dense = uses_dense_map(h, w)
     tile = block_c * _tile_elements(h, w)
-    # The dense maps are read from shared memory by the MMAs, not held in registers.
-    matrix = 0 if uses_dense_map(h, w) else max(_padded(h), _padded(w)) ** 2
-    key = (kernel, dtype != "fp32")
-    a, b, c = _SMEM_MODEL[key]
-    threads = 32 * num_warps
+    per_thread = tile // (32 * num_warps)
     return {
-        "shared_bytes": a * matrix + b * tile + c,
-        "tile_per_thread": tile // threads,
-        "matrix_per_thread": matrix // threads,
-        "fits": (a * matrix + b * tile + c <= SMEM_LIMIT
-                 and tile // threads <= _MAX_TILE_ELEMENTS_PER_THREAD[key]
-                 and matrix // threads <= MATRIX_ELEMENTS_PER_THREAD),
+        "tile": tile,
+        "tile_per_thread": per_thread,
+        "fits": ((tile <= MAX_CTA_TILE[dense] or block_c == 1)
+                 and per_thread <= _MAX_TILE_ELEMENTS_PER_THREAD[(kernel, dtype != "fp32")]),
     }
 
 
