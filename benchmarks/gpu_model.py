@@ -273,7 +273,11 @@ def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
     blocks = math.ceil(c / block_c)
     tile = block_c * h * w * e
     filt_tile = h * wk * min(block_c, c) * 8
-    mats = (2 * wk * w + 4 * h * h + 2 * w * wk) * 4  # fw, fh+gh (even rows), gw
+    dense = tb.uses_dense_map(h, w)
+    if dense:  # the two dense maps, (H*W, 2*H*Wk) each way
+        mats = 2 * (h * w * 2 * h * wk) * 4
+    else:  # Fw^T, the H-axis blocks read from the interleaved real form, Gw^T
+        mats = (2 * wk * w + 4 * h * h + 2 * w * wk) * 4
     counts = _counts_from(result, warps)
     notes = [f"{len(counts.unresolved)} unresolved loops"] if counts.unresolved else []
     groups = math.ceil(batch / tb.BATCH_PER_PROGRAM)  # programs per channel block
@@ -286,7 +290,7 @@ def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
                         inflight_per_warp=tile / warps, notes=notes)
         _local_traffic(launch)
         return [launch]
-    mats += (2 * wk * w) * 4  # the transposed Fw pair
+    mats += (h * w * 2 * h * wk if dense else 2 * wk * w) * 4  # the forward map read transposed
     ctas = groups * blocks
     partials = groups * filt
     launch = Launch("triton backward", ctas, 32 * warps, result["registers"], result["shared"],
