@@ -369,8 +369,9 @@ def _enclosing_function(loop: sass.SourceLoop) -> str:
     return ""
 
 
-def _count_cuda(fn: sass.Function, threads: int, trips: dict) -> sass.Counts:
-    """Counts of one CTA: ``trips`` maps (function, loop-text fragment) -> iterations."""
+def _count_cuda(fn: sass.Function, threads: int, trips: dict, skip=None) -> sass.Counts:
+    """Counts of one CTA: ``trips`` maps (function, loop-text fragment) -> iterations;
+    ``skip`` as in ``sass.count``."""
     def resolve(loop: sass.SourceLoop):
         where = _enclosing_function(loop)
         for (func, fragment), n in trips.items():
@@ -379,7 +380,7 @@ def _count_cuda(fn: sass.Function, threads: int, trips: dict) -> sass.Counts:
         return None
 
     counts = sass.Counts()
-    counts.add(sass.count(fn, resolve), threads // 32)
+    counts.add(sass.count(fn, resolve, skip=skip), threads // 32)
     return counts
 
 
@@ -505,6 +506,140 @@ def _cufft_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int, 
     return launches + [gate, params, c2r]
 
 
+# ---- cuFFTDx kernels (csrc/cufftdx_gate.cu) --------------------------------------------------
+
+CUFFTDX_SOURCE = CSRC / "cufftdx_gate.cu"
+_CUFFTDX_TYPE = {"fp32": "float", "bf16": "__nv_bfloat16", "fp16": "__half"}
+
+
+def compile_cufftdx(arch: str) -> Optional[tuple]:
+    """``compile_cuda`` of csrc/cufftdx_gate.cu with every grid, as setup.py builds it (the
+    cuFFTDx and CUTLASS headers of the nvidia-mathdx wheel); None without those headers."""
+    includes = _csrc_paths().find_cufftdx()
+    if includes is None:
+        return None
+    return compile_cuda(CUFFTDX_SOURCE.name, arch, [str(p) for p in includes])
+
+
+def _cufftdx_skip(dtype: str):
+    """Code of the kernels that does not run for a contiguous ``dtype`` input: the load and
+    store calls of the other dtypes (one kernel switches on the dtype at run time) and the
+    scalar loops for strided or unaligned tensors."""
+    skipped = set()
+    for i, line in enumerate(CUFFTDX_SOURCE.read_text().splitlines(), 1):
+        call = re.search(r"(?:load|store)_tile<Cfg>\(.*static_cast<(?:const )?(\w+)\*>", line)
+        if call and call.group(1) != _CUFFTDX_TYPE[dtype]:
+            skipped.add(i)
+    for lp in sass.source_loops(str(CUFFTDX_SOURCE)):
+        if "i < Cfg::H * Cfg::W * Cfg::CT" in lp.text:
+            skipped.update(range(lp.start, lp.end + 1))
+    name = CUFFTDX_SOURCE.name
+    return lambda chain: any(n in skipped and Path(f).name == name for f, n in chain)
+
+
+def _loads_in_flight(fn: sass.Function, skip) -> int:
+    """Global loads a thread of the tile loader has in flight: the longest run of LDGs before
+    a shared store (each store waits for its load's data)."""
+    loader = next(lp for lp in sass.source_loops(str(CUFFTDX_SOURCE))
+                  if "kVectors" in lp.text and _enclosing_function(lp) == "load_tile")
+    best = run = 0
+    for ins in fn.instrs:
+        if skip(ins.lines) or not any(Path(f).name == CUFFTDX_SOURCE.name
+                                      and loader.start <= n <= loader.end for f, n in ins.lines):
+            continue
+        if ins.base == "LDG":
+            run += 1
+            best = max(best, run)
+        elif ins.base == "STS":
+            run = 0
+    return max(1, best)
+
+
+def _cufftdx_plan(direction: str, batch: int, n: int, c: int, registers: int,
+                  static_shared: int) -> dict:
+    """The launcher's choices (``cufftdx_forward`` / ``backward_plan``): blocks per SM from the
+    occupancy calculator, then enough batch slots (forward) or chunks (backward) for the
+    channel tiles to fill every SM once."""
+    from spectformer_kernels.cufftdx_tiles import tile_launch
+
+    t = tile_launch(n, "forward" if direction == "fwd" else "backward")
+    blocks = Launch("occupancy", threads=t.threads, registers=registers,
+                    smem=t.shared_bytes + static_shared).ctas_per_sm()
+    tiles = math.ceil(c / t.channels_per_block)
+    slots = max(1, min(batch, math.ceil(blocks * K("sms") / tiles), 65535))
+    per_block = math.ceil(batch / slots)  # images of the busiest block
+    return {"tile": t, "blocks": blocks, "tiles": tiles, "per_block": per_block,
+            "slots": math.ceil(batch / per_block) if direction == "bwd" else slots}
+
+
+def _cufftdx_config(direction: str, batch: int, n: int, c: int, cufftdx: tuple) -> str:
+    functions, resources = cufftdx
+    kind = "forward" if direction == "fwd" else "backward"
+    res = resources[_function(functions, f"cufftdx_{kind}_kernelINS0_4TileILi{n}ELi{n}E")]
+    plan = _cufftdx_plan(direction, batch, n, c, res["registers"], res["static_shared"])
+    return (f"CT={plan['tile'].channels_per_block},"
+            f"{'chunk' if direction == 'bwd' else 'images'}={plan['per_block']}")
+
+
+def _cufftdx_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int, w: int,
+                      c: int) -> list:
+    functions, resources = cuda["cufftdx"]
+    kind = "forward" if direction == "fwd" else "backward"
+    name = _function(functions, f"cufftdx_{kind}_kernelINS0_4TileILi{h}ELi{w}E")
+    res = resources[name]
+    plan = _cufftdx_plan(direction, batch, h, c, res["registers"], res["static_shared"])
+    t = plan["tile"]
+    e, wk, ct, threads = ITEMSIZE[dtype], w // 2 + 1, t.channels_per_block, t.threads
+    n_el = batch * h * w * c
+    filt = h * wk * c * 8
+    vec_bytes = t.vector_bytes[e]
+    gs = lambda m: _grid_stride(m, threads)  # noqa: E731
+    vectors = gs(h * w * ct * e // vec_bytes)
+    # L2 hands out 32-byte sectors: a CT-channel row narrower than that (CT=4 at 48 and 56)
+    # drags the neighbouring tile's channels along; DRAM still sees each byte once.
+    sector = max(1.0, 32 / (ct * e))
+    skip = _cufftdx_skip(dtype)
+    ctas = plan["tiles"] * plan["slots"]
+    inflight = 32 * vec_bytes * _loads_in_flight(functions[name], skip)
+    if direction == "fwd":
+        trips = {("cufftdx_forward_kernel", "b < B"): plan["per_block"],
+                 ("load_tile", "kVectors"): vectors, ("store_tile", "kVectors"): vectors}
+        counts = _count_cuda(functions[name], threads, trips, skip)
+        # the filter tile is read from L2 again for every image
+        return [Launch("cufftdx forward", ctas, threads, res["registers"],
+                       t.shared_bytes + res["static_shared"], res["stack_bytes"], counts,
+                       dram_bytes=2 * n_el * e + filt,
+                       l2_bytes=2 * n_el * e * sector + batch * filt,
+                       inflight_per_warp=inflight)]
+    # x and dy go through the same inlined loader (one inlined-at level in the line table), so
+    # the counter sees one loop with two versions and charges one: give it both images' trips.
+    trips = {("cufftdx_backward_kernel", "b < b_end"): plan["per_block"],
+             ("cufftdx_backward_kernel", "h < H"): h,
+             ("load_tile", "kVectors"): 2 * vectors, ("store_tile", "kVectors"): vectors}
+    counts = _count_cuda(functions[name], threads, trips, skip)
+    dk_in_shared = t.shared_bytes == 3 * h * wk * ct * 8
+    chunks = plan["slots"]
+    partials = chunks * filt if chunks > 1 else 0
+    launches = [Launch("cufftdx backward", ctas, threads, res["registers"],
+                       t.shared_bytes + res["static_shared"], res["stack_bytes"], counts,
+                       dram_bytes=3 * n_el * e + filt + (partials or filt),
+                       # K per image; dK read and written per image where it is not in shared
+                       l2_bytes=3 * n_el * e * sector + batch * filt * (1 if dk_in_shared else 3)
+                       + (partials or filt),
+                       inflight_per_warp=inflight)]
+    if partials:
+        elems = filt // 4
+        blocks = min(math.ceil(elems / 256), 4096)
+        sname = _function(functions, "sum_chunks_kernel")
+        strips = {("sum_chunks_kernel", "j < n"): _grid_stride(elems, 256, blocks * 256),
+                  ("sum_chunks_kernel", "p < chunks"): chunks}
+        launches.append(Launch("sum_chunks", blocks, 256, resources[sname]["registers"], 0, 0,
+                               _count_cuda(functions[sname], 256, strips),
+                               dram_bytes=partials + filt, l2_bytes=partials + filt,
+                               inflight_per_warp=32 * 4))
+    return launches
+
+
 # ---- reference -------------------------------------------------------------------------------
 
 def _reference_launches(direction: str, dtype: str, batch: int, h: int, w: int, c: int) -> list:
@@ -611,6 +746,10 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
         if location is not None:
             cuda["cufft"] = compile_cuda("cufft_gate.cu", arch, [location.include_dir])
             log("# compiled csrc/cufft_gate.cu with nvcc")
+        cufftdx = compile_cufftdx(arch)
+        if cufftdx is not None:
+            cuda["cufftdx"] = cufftdx
+            log("# compiled csrc/cufftdx_gate.cu with nvcc (every grid)")
     except (FileNotFoundError, subprocess.CalledProcessError) as err:
         log(f"# CUDA paths not compiled ({err}); their rows are left out")
 
@@ -661,6 +800,11 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
                     rows.append({**base, "backend": "cuda_fused", "config": cfg,
                                  **predict(_fused_launches(cuda, direction, dtype, batch, h, w,
                                                            c))})
+                if "cufftdx" in cuda and (h, w) in cuda_backend.SOURCE_CUFFTDX_GRIDS:
+                    rows.append({**base, "backend": "cuda_cufftdx", "config": _cufftdx_config(
+                                     direction, batch, h, c, cuda["cufftdx"]),
+                                 **predict(_cufftdx_launches(cuda, direction, dtype, batch, h, w,
+                                                             c))})
                 if "fused" in cuda:
                     rows.append({**base, "backend": "cuda_cufft", "config": "LTO callbacks",
                                  **predict(_cufft_launches(cuda, direction, dtype, batch, h, w,
