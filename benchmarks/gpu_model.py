@@ -5,8 +5,8 @@
 
 EVERYTHING THIS PRINTS IS A STATIC MODEL PREDICTION FOR AN H100 SXM, NOT A MEASUREMENT.
 
-For each path (the Triton kernels per autotune config, the CUDA extension's fused and cuFFT
-paths, and the ``reference`` torch.fft sequence), each shape, dtype and direction (fwd,
+For each path (the Triton kernels per autotune config, the CUDA extension's cuFFTDx, fused
+and cuFFT paths, and the ``reference`` torch.fft sequence), each shape, dtype and direction (fwd,
 bwd) at ``--batch`` (default 128), it
 
 1. compiles what would run: the Triton kernels with the launcher's own arguments and
@@ -19,7 +19,7 @@ bwd) at ``--batch`` (default 128), it
    trip counts derived here from the launch arguments; a loop it cannot resolve is
    reported (column ``notes``);
 4. computes bytes from the access pattern of each kernel (``_triton_launch``,
-   ``_fused_launches``, ``_cufft_launches``, ``torch_fft_sequence``): DRAM bytes (every
+   ``_fused_launches``, ``_cufftdx_launches``, ``_cufft_launches``, ``torch_fft_sequence``): DRAM bytes (every
    tensor read or written once, the filter and DFT matrices once, dK partials, spills that
    do not fit on chip) and L2 bytes (all SM<->L2 traffic: the DRAM bytes plus every CTA's
    re-read of the filter and matrices, sector waste of strided accesses, spill traffic
@@ -320,7 +320,7 @@ def nvcc_path() -> Optional[str]:
     return _csrc_paths().find_nvcc()
 
 
-def compile_cuda(source: str, arch: str, includes: list) -> dict:
+def compile_cuda(source: str, arch: str, includes: list, defines: tuple = ()) -> dict:
     """{function name: sass.Function} and {name: resources} of one ``csrc`` file."""
     from benchmarks.triton_resources import cubin_resources
 
@@ -330,7 +330,8 @@ def compile_cuda(source: str, arch: str, includes: list) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "kernels.cubin"
         cmd = [nvcc, f"-arch={arch}", "-cubin", *NVCC_FLAGS, "-I", str(CSRC),
-               *[f"-I{i}" for i in includes], str(CSRC / source), "-o", str(out)]
+               *[f"-I{i}" for i in includes], *[f"-D{d}" for d in defines],
+               str(CSRC / source), "-o", str(out)]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         cubin = out.read_bytes()
     return sass.disassemble(cubin), cubin_resources(cubin)
@@ -512,13 +513,16 @@ CUFFTDX_SOURCE = CSRC / "cufftdx_gate.cu"
 _CUFFTDX_TYPE = {"fp32": "float", "bf16": "__nv_bfloat16", "fp16": "__half"}
 
 
-def compile_cufftdx(arch: str) -> Optional[tuple]:
-    """``compile_cuda`` of csrc/cufftdx_gate.cu with every grid, as setup.py builds it (the
-    cuFFTDx and CUTLASS headers of the nvidia-mathdx wheel); None without those headers."""
+def compile_cufftdx(arch: str, grids: tuple = ()) -> Optional[tuple]:
+    """``compile_cuda`` of csrc/cufftdx_gate.cu as setup.py builds it (the cuFFTDx and
+    CUTLASS headers of the nvidia-mathdx wheel); None without those headers. With one grid
+    only that grid's kernels are instantiated (the build's quick-check switch; the kernels'
+    code is the same), which saves most of the nvcc time."""
     includes = _csrc_paths().find_cufftdx()
     if includes is None:
         return None
-    return compile_cuda(CUFFTDX_SOURCE.name, arch, [str(p) for p in includes])
+    only = (f"SPECTFORMER_CUFFTDX_ONLY_GRID={grids[0]}",) if len(grids) == 1 else ()
+    return compile_cuda(CUFFTDX_SOURCE.name, arch, [str(p) for p in includes], only)
 
 
 def _cufftdx_skip(dtype: str):
@@ -541,7 +545,7 @@ def _loads_in_flight(fn: sass.Function, skip) -> int:
     """Global loads a thread of the tile loader has in flight: the longest run of LDGs before
     a shared store (each store waits for its load's data)."""
     loader = next(lp for lp in sass.source_loops(str(CUFFTDX_SOURCE))
-                  if "kVectors" in lp.text and _enclosing_function(lp) == "load_tile")
+                  if "first < kTotal" in lp.text and _enclosing_function(lp) == "load_tile")
     best = run = 0
     for ins in fn.instrs:
         if skip(ins.lines) or not any(Path(f).name == CUFFTDX_SOURCE.name
@@ -566,7 +570,7 @@ def _cufftdx_plan(direction: str, batch: int, n: int, c: int, registers: int,
     blocks = Launch("occupancy", threads=t.threads, registers=registers,
                     smem=t.shared_bytes + static_shared).ctas_per_sm()
     tiles = math.ceil(c / t.channels_per_block)
-    slots = max(1, min(batch, math.ceil(blocks * K("sms") / tiles), 65535))
+    slots = max(1, min(batch, blocks * int(K("sms")) // tiles, 65535))  # all resident
     per_block = math.ceil(batch / slots)  # images of the busiest block
     return {"tile": t, "blocks": blocks, "tiles": tiles, "per_block": per_block,
             "slots": math.ceil(batch / per_block) if direction == "bwd" else slots}
@@ -594,7 +598,12 @@ def _cufftdx_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int
     filt = h * wk * c * 8
     vec_bytes = t.vector_bytes[e]
     gs = lambda m: _grid_stride(m, threads)  # noqa: E731
-    vectors = gs(h * w * ct * e // vec_bytes)
+    total = h * w * ct * e // vec_bytes  # vector accesses per image
+    per_thread = math.ceil(total / threads)
+    batch_loads = min(per_thread, int(re.search(r"constexpr int kLoadBatch = (\d+);",
+                                                CUFFTDX_SOURCE.read_text()).group(1)))
+    loads = _grid_stride(total, threads, batch_loads * threads)  # load_tile's batched loop
+    vectors = gs(total)
     # L2 hands out 32-byte sectors: a CT-channel row narrower than that (CT=4 at 48 and 56)
     # drags the neighbouring tile's channels along; DRAM still sees each byte once.
     sector = max(1.0, 32 / (ct * e))
@@ -603,7 +612,7 @@ def _cufftdx_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int
     inflight = 32 * vec_bytes * _loads_in_flight(functions[name], skip)
     if direction == "fwd":
         trips = {("cufftdx_forward_kernel", "b < B"): plan["per_block"],
-                 ("load_tile", "kVectors"): vectors, ("store_tile", "kVectors"): vectors}
+                 ("load_tile", "first < kTotal"): loads, ("store_tile", "kVectors"): vectors}
         counts = _count_cuda(functions[name], threads, trips, skip)
         # the filter tile is read from L2 again for every image
         return [Launch("cufftdx forward", ctas, threads, res["registers"],
@@ -615,7 +624,7 @@ def _cufftdx_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int
     # the counter sees one loop with two versions and charges one: give it both images' trips.
     trips = {("cufftdx_backward_kernel", "b < b_end"): plan["per_block"],
              ("cufftdx_backward_kernel", "h < H"): h,
-             ("load_tile", "kVectors"): 2 * vectors, ("store_tile", "kVectors"): vectors}
+             ("load_tile", "first < kTotal"): 2 * loads, ("store_tile", "kVectors"): vectors}
     counts = _count_cuda(functions[name], threads, trips, skip)
     dk_in_shared = t.shared_bytes == 3 * h * wk * ct * 8
     chunks = plan["slots"]
@@ -746,10 +755,12 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
         if location is not None:
             cuda["cufft"] = compile_cuda("cufft_gate.cu", arch, [location.include_dir])
             log("# compiled csrc/cufft_gate.cu with nvcc")
-        cufftdx = compile_cufftdx(arch)
+        grids = sorted({h for h, w, _ in map(_shape_dims, shapes)
+                        if (h, w) in cuda_backend.SOURCE_CUFFTDX_GRIDS})
+        cufftdx = compile_cufftdx(arch, tuple(grids)) if grids else None
         if cufftdx is not None:
             cuda["cufftdx"] = cufftdx
-            log("# compiled csrc/cufftdx_gate.cu with nvcc (every grid)")
+            log(f"# compiled csrc/cufftdx_gate.cu with nvcc (grids {grids})")
     except (FileNotFoundError, subprocess.CalledProcessError) as err:
         log(f"# CUDA paths not compiled ({err}); their rows are left out")
 
@@ -901,7 +912,7 @@ def plot(rows: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["dtype"], r["direction"]) for r in rows})
-    backends = ["triton", "cuda_fused", "cuda_cufft", "reference"]
+    backends = ["triton", "cuda_cufftdx", "cuda_fused", "cuda_cufft", "reference"]
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, 3.2 * len(panels)), squeeze=False)
     for ax, (dtype, direction) in zip(axes[:, 0], panels):
@@ -914,7 +925,8 @@ def plot(rows: list, path: Path) -> None:
                                                                 backend)), None)
                 v = r.get("predicted_us") if r else ""
                 ys.append(float(v) / float(r["floor_us"]) if v not in ("", None) else 0.0)
-            ax.bar([s + (i - 1.5) * width for s in range(len(shapes))], ys, width,
+            ax.bar([s + (i - (len(backends) - 1) / 2) * width for s in range(len(shapes))],
+                   ys, width,
                    label=backend)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
@@ -922,7 +934,7 @@ def plot(rows: list, path: Path) -> None:
         ax.set_ylabel("predicted / floor")
         ax.set_title(f"{dtype} {direction}: STATIC MODEL, H100 SXM, batch "
                      f"{rows[0]['batch']} (not measured; no bar = no kernel for the shape)")
-        ax.legend(fontsize=7, ncol=4)
+        ax.legend(fontsize=7, ncol=len(backends))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

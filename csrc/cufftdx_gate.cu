@@ -102,7 +102,7 @@ struct GridTiles;
 SPECTFORMER_GRID(7, 32, 3, 32, 3)
 SPECTFORMER_GRID(12, 32, 2, 32, 2)
 SPECTFORMER_GRID(14, 16, 3, 32, 2)
-SPECTFORMER_GRID(24, 16, 2, 16, 2)
+SPECTFORMER_GRID(24, 8, 3, 16, 2)
 SPECTFORMER_GRID(28, 8, 2, 8, 3)
 SPECTFORMER_GRID(48, 4, 2, 4, 2)
 SPECTFORMER_GRID(56, 4, 2, 4, 2)
@@ -151,6 +151,10 @@ struct VectorWidth {
       Cfg::CT * static_cast<int>(sizeof(T)) < 16 ? Cfg::CT : 16 / static_cast<int>(sizeof(T));
 };
 
+// Most vector loads one thread keeps in flight in load_tile (registers: 4 per vector, spent
+// outside the FFTs, which set the kernels' register peak).
+constexpr int kLoadBatch = 4;
+
 // tile[(h W + w) CT + c] = src[b, h, w, c0 + c] in fp32, zero past the last channel.
 // vectorized: channels contiguous, C and every stride multiples of the vector width and the
 // base aligned to it (checked by the launcher), so one access moves VEC channels.
@@ -162,24 +166,35 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ src, Strides4 st
   const T* base = src + b * st.b;
   if (vectorized) {
     constexpr int kVectors = Cfg::CT / VEC;
-    for (int i = threadIdx.x; i < Cfg::H * Cfg::W * kVectors; i += Cfg::kThreads) {
-      const int v = i % kVectors;
-      const int hw = i / kVectors;
-      const int h = hw / Cfg::W, w = hw % Cfg::W;
-      const int c = c0 + v * VEC;
-      alignas(sizeof(Raw)) T in[VEC];
-      float out[VEC];
-      if (c < C) {
-        *reinterpret_cast<Raw*>(in) = *reinterpret_cast<const Raw*>(base + h * st.h + w * st.w + c);
+    constexpr int kTotal = Cfg::H * Cfg::W * kVectors;
+    // Vectors a thread loads before it stores any: a store to shared waits for its load, so
+    // issuing them one by one would keep a single 16-byte load per thread in flight (far
+    // too little to cover DRAM latency with a few warps per SM).
+    constexpr int kPerThread = (kTotal + Cfg::kThreads - 1) / Cfg::kThreads;
+    constexpr int kBatch = kPerThread < kLoadBatch ? kPerThread : kLoadBatch;
+    for (int first = threadIdx.x; first < kTotal; first += kBatch * Cfg::kThreads) {
+      Raw raw[kBatch];
 SPECTFORMER_UNROLL
-        for (int j = 0; j < VEC; ++j) out[j] = to_float(in[j]);
-      } else {
-SPECTFORMER_UNROLL
-        for (int j = 0; j < VEC; ++j) out[j] = 0.f;
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = first + u * Cfg::kThreads;
+        const int hw = i / kVectors;
+        const int h = hw / Cfg::W, w = hw % Cfg::W;
+        const int c = c0 + (i % kVectors) * VEC;
+        raw[u] = Raw{};  // zero past the last channel (and past the tile)
+        if (i < kTotal && c < C) {
+          raw[u] = *reinterpret_cast<const Raw*>(base + h * st.h + w * st.w + c);
+        }
       }
-      float* dst = tile + hw * Cfg::CT + v * VEC;
 SPECTFORMER_UNROLL
-      for (int j = 0; j < VEC; ++j) dst[j] = out[j];
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = first + u * Cfg::kThreads;
+        if (i >= kTotal) break;
+        alignas(sizeof(Raw)) T in[VEC];
+        *reinterpret_cast<Raw*>(in) = raw[u];
+        float* dst = tile + (i / kVectors) * Cfg::CT + (i % kVectors) * VEC;
+SPECTFORMER_UNROLL
+        for (int j = 0; j < VEC; ++j) dst[j] = to_float(in[j]);
+      }
     }
   } else {
     for (int i = threadIdx.x; i < Cfg::H * Cfg::W * Cfg::CT; i += Cfg::kThreads) {
@@ -534,7 +549,7 @@ Status backward_plan(const GateShape& s, int num_sms, BackwardPlan* plan) {
                                     backward_shared_bytes<Cfg>(), &blocks);
   if (!st.empty()) return st;
   plan->tiles = ceil_div(s.channels, Cfg::CT);
-  const int64_t wanted = ceil_div(static_cast<int64_t>(blocks) * num_sms, plan->tiles);
+  const int64_t wanted = static_cast<int64_t>(blocks) * num_sms / plan->tiles;  // all resident
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>({s.batch, wanted, 65535}));
   plan->chunk = ceil_div(s.batch, chunks);
   plan->chunks = ceil_div(s.batch, plan->chunk);
@@ -569,9 +584,9 @@ Status cufftdx_forward(const GateShape& s, ScalarType dtype, const void* x, Stri
                          &blocks);
     if (!st.empty()) return;
     const int64_t tiles = ceil_div(s.channels, Cfg::CT);
+    // Rounded down: one more slot than fits would leave its blocks for a second round.
     const int64_t slots = std::max<int64_t>(
-        1, std::min<int64_t>({s.batch, ceil_div(static_cast<int64_t>(blocks) * num_sms, tiles),
-                              65535}));
+        1, std::min<int64_t>({s.batch, static_cast<int64_t>(blocks) * num_sms / tiles, 65535}));
     const int width = vector_width_for<Cfg>(dtype);
     const size_t elem = element_bytes(dtype);
     const Strides4 out{s.height * s.width * s.channels, s.width * s.channels, s.channels, 1};
