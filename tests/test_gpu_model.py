@@ -147,9 +147,10 @@ def test_model_rows_of_the_cufftdx_kernels():
         assert row["spill_bytes"] == 0 and row["registers"] > 0, key
         assert row["dram_bytes"] >= row["floor"] and row["seconds"] > 0, key
         assert row["fp32_instructions"] > 0, key
-    # bf16 moves 8 channels per 16-byte vector, fp32 4: half the global accesses, which only
-    # holds if the other dtypes' branches of the run-time dtype switch are not counted
-    assert rows["bf16 fwd"]["global_instructions"] < 0.75 * rows["fp32 fwd"]["global_instructions"]
+    # One kernel serves every dtype (a run-time switch): counting all its branches would give
+    # bf16 and fp32 the same count. bf16 moves 8 channels per 16-byte vector, fp32 4, so x and
+    # y take half the accesses (the filter's loads, the same in both, dominate at 7x7).
+    assert rows["bf16 fwd"]["global_instructions"] < 0.9 * rows["fp32 fwd"]["global_instructions"]
     # the backward reads x and dy: about twice the forward's loads (plus K and dK)
     assert rows["fp32 bwd"]["global_instructions"] > 1.5 * rows["fp32 fwd"]["global_instructions"]
     assert rows["fp32 bwd"]["launches"] == 2  # batch chunks, then their ordered sum
