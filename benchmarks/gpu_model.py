@@ -541,20 +541,22 @@ def _cufftdx_skip(dtype: str):
     return lambda chain: any(n in skipped and Path(f).name == name for f, n in chain)
 
 
-def _loads_in_flight(fn: sass.Function, skip) -> int:
-    """Global loads a thread of the tile loader has in flight: the longest run of LDGs before
-    a shared store (each store waits for its load's data)."""
-    loader = next(lp for lp in sass.source_loops(str(CUFFTDX_SOURCE))
-                  if "first < kTotal" in lp.text and _enclosing_function(lp) == "load_tile")
+def _loads_in_flight(fn: sass.Function, function: str, fragment: str, skip=None) -> int:
+    """Global loads one thread keeps in flight in a source loop (by its enclosing function and
+    text): the longest run of LDGs before a shared store or an FP32 instruction, which wait
+    for the loaded data."""
+    loop = next(lp for lp in sass.source_loops(str(CUFFTDX_SOURCE))
+                if fragment in lp.text and _enclosing_function(lp) == function)
     best = run = 0
     for ins in fn.instrs:
-        if skip(ins.lines) or not any(Path(f).name == CUFFTDX_SOURCE.name
-                                      and loader.start <= n <= loader.end for f, n in ins.lines):
+        if (skip is not None and skip(ins.lines)) or not any(
+                Path(f).name == CUFFTDX_SOURCE.name and loop.start <= n <= loop.end
+                for f, n in ins.lines):
             continue
         if ins.base == "LDG":
             run += 1
             best = max(best, run)
-        elif ins.base == "STS":
+        elif ins.base == "STS" or sass.classify(ins.opcode) == "fp32":
             run = 0
     return max(1, best)
 
@@ -609,16 +611,18 @@ def _cufftdx_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int
     sector = max(1.0, 32 / (ct * e))
     skip = _cufftdx_skip(dtype)
     ctas = plan["tiles"] * plan["slots"]
-    inflight = 32 * vec_bytes * _loads_in_flight(functions[name], skip)
+    inflight = 32 * vec_bytes * _loads_in_flight(functions[name], "load_tile", "first < kTotal",
+                                                 skip)
     if direction == "fwd":
         trips = {("cufftdx_forward_kernel", "b < B"): plan["per_block"],
+                 ("stage_filter", "h < H"): h,
                  ("load_tile", "first < kTotal"): loads, ("store_tile", "kVectors"): vectors}
         counts = _count_cuda(functions[name], threads, trips, skip)
-        # the filter tile is read from L2 again for every image
+        # each block copies its K tile into shared memory once (stage_filter)
         return [Launch("cufftdx forward", ctas, threads, res["registers"],
                        t.shared_bytes + res["static_shared"], res["stack_bytes"], counts,
                        dram_bytes=2 * n_el * e + filt,
-                       l2_bytes=2 * n_el * e * sector + batch * filt,
+                       l2_bytes=2 * n_el * e * sector + ctas * h * wk * min(ct, c) * 8,
                        inflight_per_warp=inflight)]
     # x and dy go through the same inlined loader (one inlined-at level in the line table), so
     # the counter sees one loop with two versions and charges one: give it both images' trips.
@@ -640,12 +644,15 @@ def _cufftdx_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int
         elems = filt // 4
         blocks = min(math.ceil(elems / 256), 4096)
         sname = _function(functions, "sum_chunks_kernel")
+        batch_sums = int(re.search(r"constexpr int kSumBatch = (\d+);",
+                                   CUFFTDX_SOURCE.read_text()).group(1))
         strips = {("sum_chunks_kernel", "j < n"): _grid_stride(elems, 256, blocks * 256),
-                  ("sum_chunks_kernel", "p < chunks"): chunks}
+                  ("sum_chunks_kernel", "p0 < chunks"): math.ceil(chunks / batch_sums)}
+        in_flight = _loads_in_flight(functions[sname], "sum_chunks_kernel", "p0 < chunks")
         launches.append(Launch("sum_chunks", blocks, 256, resources[sname]["registers"], 0, 0,
                                _count_cuda(functions[sname], 256, strips),
                                dram_bytes=partials + filt, l2_bytes=partials + filt,
-                               inflight_per_warp=32 * 4))
+                               inflight_per_warp=32 * 4 * in_flight))
     return launches
 
 
