@@ -19,11 +19,11 @@ bwd) at ``--batch`` (default 128), it
    trip counts derived here from the launch arguments; a loop it cannot resolve is
    reported (column ``notes``);
 4. computes bytes from the access pattern of each kernel (``_triton_launch``,
-   ``_fused_launches``, ``_cufftdx_launches``, ``_cufft_launches``, ``torch_fft_sequence``): DRAM bytes (every
-   tensor read or written once, the filter and DFT matrices once, dK partials, spills that
-   do not fit on chip) and L2 bytes (all SM<->L2 traffic: the DRAM bytes plus every CTA's
-   re-read of the filter and matrices, sector waste of strided accesses, spill traffic
-   that misses L1);
+   ``_fused_launches``, ``_cufftdx_launches``, ``_cufft_launches``, ``torch_fft_sequence``):
+   DRAM bytes (every tensor read or written once, the filter and DFT matrices once, dK
+   partials, spills that do not fit on chip) and L2 bytes (all SM<->L2 traffic: the DRAM
+   bytes plus every CTA's re-read of the filter and matrices, sector waste of strided
+   accesses, spill traffic that misses L1);
 5. occupancy (CTAs per SM from registers, shared memory, threads) and waves;
 6. bounds on the target (``benchmarks/gpu_target.py``, one table with sources), per launch:
    ``hbm`` DRAM bytes / copy bandwidth; ``l2`` L2 bytes / L2 bandwidth; ``latency``
@@ -42,7 +42,9 @@ bwd) at ``--batch`` (default 128), it
 What it does not model: instruction latency chains within a warp (beyond the memory
 latency term), bank conflicts, cache hit rates other than "the filter and matrices stay in
 L2", DVFS, and cuFFT's internal kernels (closed source: one pass, at copy bandwidth, its
-FLOPs on the FP32 bound). Both arms of a branch inside a counted region are counted.
+FLOPs on the FP32 bound). Both arms of a branch inside a counted region are counted, except
+in the cuFFTDx kernels, whose run-time dtype switch and strided-input loops are left out by
+source line (``_cufftdx_skip``): one kernel serves every dtype there.
 
 Writes ``gpu_model_<arch>.csv`` into ``--out`` (rows of the shapes run replace their old
 rows), ``--plot`` the PNG beside it, and regenerates the two tables the package reads:
