@@ -5,8 +5,8 @@
 
 EVERYTHING THIS PRINTS IS A STATIC MODEL PREDICTION FOR AN H100 SXM, NOT A MEASUREMENT.
 
-For each path (the Triton kernels per autotune config, the CUDA extension's fused and cuFFT
-paths, and the ``reference`` torch.fft sequence), each shape, dtype and direction (fwd,
+For each path (the Triton kernels per autotune config, the CUDA extension's cuFFTDx, fused
+and cuFFT paths, and the ``reference`` torch.fft sequence), each shape, dtype and direction (fwd,
 bwd) at ``--batch`` (default 128), it
 
 1. compiles what would run: the Triton kernels with the launcher's own arguments and
@@ -19,11 +19,11 @@ bwd) at ``--batch`` (default 128), it
    trip counts derived here from the launch arguments; a loop it cannot resolve is
    reported (column ``notes``);
 4. computes bytes from the access pattern of each kernel (``_triton_launch``,
-   ``_fused_launches``, ``_cufft_launches``, ``torch_fft_sequence``): DRAM bytes (every
-   tensor read or written once, the filter and DFT matrices once, dK partials, spills that
-   do not fit on chip) and L2 bytes (all SM<->L2 traffic: the DRAM bytes plus every CTA's
-   re-read of the filter and matrices, sector waste of strided accesses, spill traffic
-   that misses L1);
+   ``_fused_launches``, ``_cufftdx_launches``, ``_cufft_launches``, ``torch_fft_sequence``):
+   DRAM bytes (every tensor read or written once, the filter and DFT matrices once, dK
+   partials, spills that do not fit on chip) and L2 bytes (all SM<->L2 traffic: the DRAM
+   bytes plus every CTA's re-read of the filter and matrices, sector waste of strided
+   accesses, spill traffic that misses L1);
 5. occupancy (CTAs per SM from registers, shared memory, threads) and waves;
 6. bounds on the target (``benchmarks/gpu_target.py``, one table with sources), per launch:
    ``hbm`` DRAM bytes / copy bandwidth; ``l2`` L2 bytes / L2 bandwidth; ``latency``
@@ -42,7 +42,9 @@ bwd) at ``--batch`` (default 128), it
 What it does not model: instruction latency chains within a warp (beyond the memory
 latency term), bank conflicts, cache hit rates other than "the filter and matrices stay in
 L2", DVFS, and cuFFT's internal kernels (closed source: one pass, at copy bandwidth, its
-FLOPs on the FP32 bound). Both arms of a branch inside a counted region are counted.
+FLOPs on the FP32 bound). Both arms of a branch inside a counted region are counted, except
+in the cuFFTDx kernels, whose run-time dtype switch and strided-input loops are left out by
+source line (``_cufftdx_skip``): one kernel serves every dtype there.
 
 Writes ``gpu_model_<arch>.csv`` into ``--out`` (rows of the shapes run replace their old
 rows), ``--plot`` the PNG beside it, and regenerates the two tables the package reads:
@@ -324,7 +326,7 @@ def nvcc_path() -> Optional[str]:
     return _csrc_paths().find_nvcc()
 
 
-def compile_cuda(source: str, arch: str, includes: list) -> dict:
+def compile_cuda(source: str, arch: str, includes: list, defines: tuple = ()) -> dict:
     """{function name: sass.Function} and {name: resources} of one ``csrc`` file."""
     from benchmarks.triton_resources import cubin_resources
 
@@ -334,7 +336,8 @@ def compile_cuda(source: str, arch: str, includes: list) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "kernels.cubin"
         cmd = [nvcc, f"-arch={arch}", "-cubin", *NVCC_FLAGS, "-I", str(CSRC),
-               *[f"-I{i}" for i in includes], str(CSRC / source), "-o", str(out)]
+               *[f"-I{i}" for i in includes], *[f"-D{d}" for d in defines],
+               str(CSRC / source), "-o", str(out)]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         cubin = out.read_bytes()
     return sass.disassemble(cubin), cubin_resources(cubin)
@@ -373,8 +376,9 @@ def _enclosing_function(loop: sass.SourceLoop) -> str:
     return ""
 
 
-def _count_cuda(fn: sass.Function, threads: int, trips: dict) -> sass.Counts:
-    """Counts of one CTA: ``trips`` maps (function, loop-text fragment) -> iterations."""
+def _count_cuda(fn: sass.Function, threads: int, trips: dict, skip=None) -> sass.Counts:
+    """Counts of one CTA: ``trips`` maps (function, loop-text fragment) -> iterations;
+    ``skip`` as in ``sass.count``."""
     def resolve(loop: sass.SourceLoop):
         where = _enclosing_function(loop)
         for (func, fragment), n in trips.items():
@@ -383,7 +387,7 @@ def _count_cuda(fn: sass.Function, threads: int, trips: dict) -> sass.Counts:
         return None
 
     counts = sass.Counts()
-    counts.add(sass.count(fn, resolve), threads // 32)
+    counts.add(sass.count(fn, resolve, skip=skip), threads // 32)
     return counts
 
 
@@ -509,6 +513,155 @@ def _cufft_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int, 
     return launches + [gate, params, c2r]
 
 
+# ---- cuFFTDx kernels (csrc/cufftdx_gate.cu) --------------------------------------------------
+
+CUFFTDX_SOURCE = CSRC / "cufftdx_gate.cu"
+_CUFFTDX_TYPE = {"fp32": "float", "bf16": "__nv_bfloat16", "fp16": "__half"}
+
+
+def compile_cufftdx(arch: str, grids: tuple = ()) -> Optional[tuple]:
+    """``compile_cuda`` of csrc/cufftdx_gate.cu as setup.py builds it (the cuFFTDx and
+    CUTLASS headers of the nvidia-mathdx wheel); None without those headers. With one grid
+    only that grid's kernels are instantiated (the build's quick-check switch; the kernels'
+    code is the same), which saves most of the nvcc time."""
+    includes = _csrc_paths().find_cufftdx()
+    if includes is None:
+        return None
+    only = (f"SPECTFORMER_CUFFTDX_ONLY_GRID={grids[0]}",) if len(grids) == 1 else ()
+    return compile_cuda(CUFFTDX_SOURCE.name, arch, [str(p) for p in includes], only)
+
+
+def _cufftdx_skip(dtype: str):
+    """Code of the kernels that does not run for a contiguous ``dtype`` input: the load and
+    store calls of the other dtypes (one kernel switches on the dtype at run time) and the
+    scalar loops for strided or unaligned tensors."""
+    skipped = set()
+    for i, line in enumerate(CUFFTDX_SOURCE.read_text().splitlines(), 1):
+        call = re.search(r"(?:load|store)_tile<Cfg>\(.*static_cast<(?:const )?(\w+)\*>", line)
+        if call and call.group(1) != _CUFFTDX_TYPE[dtype]:
+            skipped.add(i)
+    for lp in sass.source_loops(str(CUFFTDX_SOURCE)):
+        if "i < Cfg::H * Cfg::W * Cfg::CT" in lp.text:
+            skipped.update(range(lp.start, lp.end + 1))
+    name = CUFFTDX_SOURCE.name
+    return lambda chain: any(n in skipped and Path(f).name == name for f, n in chain)
+
+
+def _loads_in_flight(fn: sass.Function, function: str, fragment: str, skip=None) -> int:
+    """Global loads one thread keeps in flight in a source loop (by its enclosing function and
+    text): the longest run of LDGs before a shared store or an FP32 instruction, which wait
+    for the loaded data."""
+    loop = next(lp for lp in sass.source_loops(str(CUFFTDX_SOURCE))
+                if fragment in lp.text and _enclosing_function(lp) == function)
+    best = run = 0
+    for ins in fn.instrs:
+        if (skip is not None and skip(ins.lines)) or not any(
+                Path(f).name == CUFFTDX_SOURCE.name and loop.start <= n <= loop.end
+                for f, n in ins.lines):
+            continue
+        if ins.base == "LDG":
+            run += 1
+            best = max(best, run)
+        elif ins.base == "STS" or sass.classify(ins.opcode) == "fp32":
+            run = 0
+    return max(1, best)
+
+
+def _cufftdx_plan(direction: str, batch: int, n: int, c: int, registers: int,
+                  static_shared: int) -> dict:
+    """The launcher's choices (``cufftdx_forward`` / ``backward_plan``): blocks per SM from the
+    occupancy calculator, then enough batch slots (forward) or chunks (backward) for the
+    channel tiles to fill every SM once."""
+    from spectformer_kernels.cufftdx_tiles import tile_launch
+
+    t = tile_launch(n, "forward" if direction == "fwd" else "backward")
+    blocks = Launch("occupancy", threads=t.threads, registers=registers,
+                    smem=t.shared_bytes + static_shared).ctas_per_sm()
+    tiles = math.ceil(c / t.channels_per_block)
+    slots = max(1, min(batch, blocks * int(K("sms")) // tiles, 65535))  # all resident
+    per_block = math.ceil(batch / slots)  # images of the busiest block
+    return {"tile": t, "blocks": blocks, "tiles": tiles, "per_block": per_block,
+            "slots": math.ceil(batch / per_block) if direction == "bwd" else slots}
+
+
+def _cufftdx_config(direction: str, batch: int, n: int, c: int, cufftdx: tuple) -> str:
+    functions, resources = cufftdx
+    kind = "forward" if direction == "fwd" else "backward"
+    res = resources[_function(functions, f"cufftdx_{kind}_kernelINS0_4TileILi{n}ELi{n}E")]
+    plan = _cufftdx_plan(direction, batch, n, c, res["registers"], res["static_shared"])
+    return (f"CT={plan['tile'].channels_per_block},"
+            f"{'chunk' if direction == 'bwd' else 'images'}={plan['per_block']}")
+
+
+def _cufftdx_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int, w: int,
+                      c: int) -> list:
+    functions, resources = cuda["cufftdx"]
+    kind = "forward" if direction == "fwd" else "backward"
+    name = _function(functions, f"cufftdx_{kind}_kernelINS0_4TileILi{h}ELi{w}E")
+    res = resources[name]
+    plan = _cufftdx_plan(direction, batch, h, c, res["registers"], res["static_shared"])
+    t = plan["tile"]
+    e, wk, ct, threads = ITEMSIZE[dtype], w // 2 + 1, t.channels_per_block, t.threads
+    n_el = batch * h * w * c
+    filt = h * wk * c * 8
+    vec_bytes = t.vector_bytes[e]
+    gs = lambda m: _grid_stride(m, threads)  # noqa: E731
+    total = h * w * ct * e // vec_bytes  # vector accesses per image
+    per_thread = math.ceil(total / threads)
+    batch_loads = min(per_thread, int(re.search(r"constexpr int kLoadBatch = (\d+);",
+                                                CUFFTDX_SOURCE.read_text()).group(1)))
+    loads = _grid_stride(total, threads, batch_loads * threads)  # load_tile's batched loop
+    vectors = gs(total)
+    # L2 hands out 32-byte sectors: a CT-channel row narrower than that (CT=4 at 48 and 56)
+    # drags the neighbouring tile's channels along; DRAM still sees each byte once.
+    sector = max(1.0, 32 / (ct * e))
+    skip = _cufftdx_skip(dtype)
+    ctas = plan["tiles"] * plan["slots"]
+    inflight = 32 * vec_bytes * _loads_in_flight(functions[name], "load_tile", "first < kTotal",
+                                                 skip)
+    if direction == "fwd":
+        trips = {("cufftdx_forward_kernel", "b < B"): plan["per_block"],
+                 ("stage_filter", "h < H"): h,
+                 ("load_tile", "first < kTotal"): loads, ("store_tile", "kVectors"): vectors}
+        counts = _count_cuda(functions[name], threads, trips, skip)
+        # each block copies its K tile into shared memory once (stage_filter)
+        return [Launch("cufftdx forward", ctas, threads, res["registers"],
+                       t.shared_bytes + res["static_shared"], res["stack_bytes"], counts,
+                       dram_bytes=2 * n_el * e + filt,
+                       l2_bytes=2 * n_el * e * sector + ctas * h * wk * min(ct, c) * 8,
+                       inflight_per_warp=inflight)]
+    # x and dy go through the same inlined loader (one inlined-at level in the line table), so
+    # the counter sees one loop with two versions and charges one: give it both images' trips.
+    trips = {("cufftdx_backward_kernel", "b < b_end"): plan["per_block"],
+             ("cufftdx_backward_kernel", "h < H"): h,
+             ("load_tile", "first < kTotal"): 2 * loads, ("store_tile", "kVectors"): vectors}
+    counts = _count_cuda(functions[name], threads, trips, skip)
+    dk_in_shared = t.shared_bytes == 3 * h * wk * ct * 8
+    chunks = plan["slots"]
+    partials = chunks * filt if chunks > 1 else 0
+    launches = [Launch("cufftdx backward", ctas, threads, res["registers"],
+                       t.shared_bytes + res["static_shared"], res["stack_bytes"], counts,
+                       dram_bytes=3 * n_el * e + filt + (partials or filt),
+                       # K per image; dK read and written per image where it is not in shared
+                       l2_bytes=3 * n_el * e * sector + batch * filt * (1 if dk_in_shared else 3)
+                       + (partials or filt),
+                       inflight_per_warp=inflight)]
+    if partials:
+        elems = filt // 4
+        blocks = min(math.ceil(elems / 256), 4096)
+        sname = _function(functions, "sum_chunks_kernel")
+        batch_sums = int(re.search(r"constexpr int kSumBatch = (\d+);",
+                                   CUFFTDX_SOURCE.read_text()).group(1))
+        strips = {("sum_chunks_kernel", "j < n"): _grid_stride(elems, 256, blocks * 256),
+                  ("sum_chunks_kernel", "p0 < chunks"): math.ceil(chunks / batch_sums)}
+        in_flight = _loads_in_flight(functions[sname], "sum_chunks_kernel", "p0 < chunks")
+        launches.append(Launch("sum_chunks", blocks, 256, resources[sname]["registers"], 0, 0,
+                               _count_cuda(functions[sname], 256, strips),
+                               dram_bytes=partials + filt, l2_bytes=partials + filt,
+                               inflight_per_warp=32 * 4 * in_flight))
+    return launches
+
+
 # ---- reference -------------------------------------------------------------------------------
 
 def _reference_launches(direction: str, dtype: str, batch: int, h: int, w: int, c: int) -> list:
@@ -615,6 +768,12 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
         if location is not None:
             cuda["cufft"] = compile_cuda("cufft_gate.cu", arch, [location.include_dir])
             log("# compiled csrc/cufft_gate.cu with nvcc")
+        grids = sorted({h for h, w, _ in map(_shape_dims, shapes)
+                        if (h, w) in cuda_backend.SOURCE_CUFFTDX_GRIDS})
+        cufftdx = compile_cufftdx(arch, tuple(grids)) if grids else None
+        if cufftdx is not None:
+            cuda["cufftdx"] = cufftdx
+            log(f"# compiled csrc/cufftdx_gate.cu with nvcc (grids {grids})")
     except (FileNotFoundError, subprocess.CalledProcessError) as err:
         log(f"# CUDA paths not compiled ({err}); their rows are left out")
 
@@ -665,6 +824,11 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
                     rows.append({**base, "backend": "cuda_fused", "config": cfg,
                                  **predict(_fused_launches(cuda, direction, dtype, batch, h, w,
                                                            c))})
+                if "cufftdx" in cuda and (h, w) in cuda_backend.SOURCE_CUFFTDX_GRIDS:
+                    rows.append({**base, "backend": "cuda_cufftdx", "config": _cufftdx_config(
+                                     direction, batch, h, c, cuda["cufftdx"]),
+                                 **predict(_cufftdx_launches(cuda, direction, dtype, batch, h, w,
+                                                             c))})
                 if "fused" in cuda:
                     rows.append({**base, "backend": "cuda_cufft", "config": "LTO callbacks",
                                  **predict(_cufft_launches(cuda, direction, dtype, batch, h, w,
@@ -761,7 +925,7 @@ def plot(rows: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["dtype"], r["direction"]) for r in rows})
-    backends = ["triton", "cuda_fused", "cuda_cufft", "reference"]
+    backends = ["triton", "cuda_cufftdx", "cuda_fused", "cuda_cufft", "reference"]
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, 3.2 * len(panels)), squeeze=False)
     for ax, (dtype, direction) in zip(axes[:, 0], panels):
@@ -774,7 +938,8 @@ def plot(rows: list, path: Path) -> None:
                                                                 backend)), None)
                 v = r.get("predicted_us") if r else ""
                 ys.append(float(v) / float(r["floor_us"]) if v not in ("", None) else 0.0)
-            ax.bar([s + (i - 1.5) * width for s in range(len(shapes))], ys, width,
+            ax.bar([s + (i - (len(backends) - 1) / 2) * width for s in range(len(shapes))],
+                   ys, width,
                    label=backend)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
@@ -782,7 +947,7 @@ def plot(rows: list, path: Path) -> None:
         ax.set_ylabel("predicted / floor")
         ax.set_title(f"{dtype} {direction}: STATIC MODEL, H100 SXM, batch "
                      f"{rows[0]['batch']} (not measured; no bar = no kernel for the shape)")
-        ax.legend(fontsize=7, ncol=4)
+        ax.legend(fontsize=7, ncol=len(backends))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -21,7 +21,10 @@ with line information and returns each function's instructions, with the source 
   the loop overhead; the fullest version for versioned code). Peeled copies of an inner
   source loop's body outside its SASS loops are covered by that charge and not counted
   again; a source loop with no SASS loop at all was fully unrolled and its copies count once.
-* Both arms of a branch inside a region count (an upper bound for uniform branches).
+* Both arms of a branch inside a region count (an upper bound for uniform branches),
+  unless the caller names the code that does not run (``skip``: a predicate on an
+  instruction's source line chain, e.g. the call sites of the other dtypes of a run-time
+  dtype switch); a loop whose source line (with its call sites) is skipped is not counted.
 
 Classes: ``tensor`` (HGMMA/HMMA/IMMA..., with their FLOPs), ``fp32`` (FFMA/FADD/FMUL/...),
 ``global``, ``shared``, ``local`` memory instructions, and ``other``. Shared and local
@@ -398,9 +401,17 @@ def _unroll_factors(fn: Function, group: list, peeled: Counter) -> list:
     return factors
 
 
+def _skipped(lp: SassLoop, skip: Callable) -> bool:
+    """Whether a loop is skipped: its source loop's line with the call sites it was inlined
+    through (its own instructions can carry header lines with too short a chain to tell)."""
+    return lp.source is not None and skip(((lp.source.file, lp.source.start), *lp.context))
+
+
 def _region(fn: Function, index: SourceIndex, lo: int, hi: int, children: list,
-            here: Optional[SourceLoop], trips: Callable) -> Counts:
+            here: Optional[SourceLoop], trips: Callable,
+            skip: Optional[Callable] = None) -> Counts:
     counts = Counts()
+    runs = [ch for ch in children if skip is None or not _skipped(ch, skip)]
     covered = {ch.source for ch in children if ch.source is not None}
     peeled: dict = defaultdict(Counter)  # per child source loop: lines of peeled copies
     inner = set()
@@ -410,6 +421,8 @@ def _region(fn: Function, index: SourceIndex, lo: int, hi: int, children: list,
         if k in inner:
             continue
         ins = fn.instrs[k]
+        if skip is not None and skip(ins.lines):
+            continue
         loops = index.chain(ins.lines, body_only=True)
         deeper = loops[:loops.index(here)] if here in loops else loops
         hit = next((lp for lp in deeper if lp in covered), None)
@@ -428,14 +441,14 @@ def _region(fn: Function, index: SourceIndex, lo: int, hi: int, children: list,
         elif cls == "local":
             counts.local_bytes += access_bytes(ins.opcode)
     groups: dict = defaultdict(list)
-    for ch in children:
+    for ch in runs:
         groups[ch.key].append(ch)
     for group in groups.values():
         key = group[0].source or ("unmapped", group[0].head)
         per_iteration = []
         copies = peeled.get(key, Counter()) if isinstance(key, SourceLoop) else Counter()
         for lp, k in zip(group, _unroll_factors(fn, group, copies)):
-            body = _region(fn, index, lp.head, lp.tail, lp.children, lp.source, trips)
+            body = _region(fn, index, lp.head, lp.tail, lp.children, lp.source, trips, skip)
             scaled = Counts()
             scaled.add(body, 1.0 / k)
             per_iteration.append(scaled)
@@ -451,11 +464,13 @@ def _region(fn: Function, index: SourceIndex, lo: int, hi: int, children: list,
 
 
 def count(fn: Function, trips: Callable[[SourceLoop], Optional[float]],
-          index: Optional[SourceIndex] = None) -> Counts:
+          index: Optional[SourceIndex] = None,
+          skip: Optional[Callable[[tuple], bool]] = None) -> Counts:
     """Dynamic counts for one warp running ``fn`` once; ``trips(loop)`` gives iterations per
-    entry of each source loop (per warp), or None if unknown."""
+    entry of each source loop (per warp), or None if unknown; ``skip(lines)`` is true for
+    instructions (by their source line chain) that do not run in this launch."""
     index = index or SourceIndex()
-    return _region(fn, index, 0, len(fn.instrs) - 1, find_loops(fn, index), None, trips)
+    return _region(fn, index, 0, len(fn.instrs) - 1, find_loops(fn, index), None, trips, skip)
 
 
 def static_mix(fn: Function) -> Counter:

@@ -15,7 +15,8 @@
 //           irfft2 semantics, gate_rules.cuh), inverse FFT, Re -> c0, Im -> c1
 //   store   (H, W, CT) of y, converted, with 16-byte stores where possible.
 // The spectrum overwrites the real tile in place (every thread reads its row into registers,
-// a barrier, then the writes), so the forward needs one (H, W/2+1, CT) complex buffer.
+// a barrier, then the writes), so the forward needs one (H, W/2+1, CT) complex buffer, plus
+// the block's copy of its K tile (the same size), read from global memory once for all its images.
 //
 // Backward, per b: the transforms of x and dy (X kept in shared memory, D in registers),
 // dK += c_k / (H W) conj(X) D, G = D conj(K) / (H W), the inverse of G -> dx. Each block
@@ -80,8 +81,10 @@ struct Tile {
   // Backward: dK accumulates in a third shared buffer where three fit kBlocksPerSm times on
   // an SM (228 KB, 1 KB reserved per block), else in the block's slice of the partials in
   // global memory (L2-resident, but read and written once per image).
-  static constexpr bool kDkInShared =
-      (3 * kBufferFloats * 4 + 1024) * kBlocksPerSm <= 228 * 1024;
+  // (A function: a data member would go unreferenced in the forward tiles, which warns.)
+  __host__ __device__ static constexpr bool dk_in_shared() {
+    return (3 * kBufferFloats * 4 + 1024) * kBlocksPerSm <= 228 * 1024;
+  }
   static_assert(CT % 2 == 0, "channels are transformed in pairs");
   static_assert(H <= kCufftdxMaxSize && W <= kCufftdxMaxSize, "thread FFT sizes are <= 64");
   static_assert(kThreads <= 1024, "too many threads");
@@ -99,11 +102,11 @@ struct GridTiles;
     using Forward = Tile<N, N, FORWARD_CT, FORWARD_BLOCKS>;                          \
     using Backward = Tile<N, N, BACKWARD_CT, BACKWARD_BLOCKS>;                       \
   };
-SPECTFORMER_GRID(7, 32, 3, 32, 3)
+SPECTFORMER_GRID(7, 32, 5, 32, 4)
 SPECTFORMER_GRID(12, 32, 2, 32, 2)
-SPECTFORMER_GRID(14, 16, 3, 32, 2)
-SPECTFORMER_GRID(24, 16, 2, 16, 2)
-SPECTFORMER_GRID(28, 8, 2, 8, 3)
+SPECTFORMER_GRID(14, 16, 4, 16, 4)
+SPECTFORMER_GRID(24, 8, 3, 16, 2)
+SPECTFORMER_GRID(28, 8, 3, 8, 3)
 SPECTFORMER_GRID(48, 4, 2, 4, 2)
 SPECTFORMER_GRID(56, 4, 2, 4, 2)
 #undef SPECTFORMER_GRID
@@ -151,6 +154,10 @@ struct VectorWidth {
       Cfg::CT * static_cast<int>(sizeof(T)) < 16 ? Cfg::CT : 16 / static_cast<int>(sizeof(T));
 };
 
+// Most vector loads one thread keeps in flight in load_tile (registers: 4 per vector, spent
+// outside the FFTs, which set the kernels' register peak).
+constexpr int kLoadBatch = 4;
+
 // tile[(h W + w) CT + c] = src[b, h, w, c0 + c] in fp32, zero past the last channel.
 // vectorized: channels contiguous, C and every stride multiples of the vector width and the
 // base aligned to it (checked by the launcher), so one access moves VEC channels.
@@ -162,24 +169,35 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ src, Strides4 st
   const T* base = src + b * st.b;
   if (vectorized) {
     constexpr int kVectors = Cfg::CT / VEC;
-    for (int i = threadIdx.x; i < Cfg::H * Cfg::W * kVectors; i += Cfg::kThreads) {
-      const int v = i % kVectors;
-      const int hw = i / kVectors;
-      const int h = hw / Cfg::W, w = hw % Cfg::W;
-      const int c = c0 + v * VEC;
-      alignas(sizeof(Raw)) T in[VEC];
-      float out[VEC];
-      if (c < C) {
-        *reinterpret_cast<Raw*>(in) = *reinterpret_cast<const Raw*>(base + h * st.h + w * st.w + c);
+    constexpr int kTotal = Cfg::H * Cfg::W * kVectors;
+    // Vectors a thread loads before it stores any: a store to shared waits for its load, so
+    // issuing them one by one would keep a single 16-byte load per thread in flight (far
+    // too little to cover DRAM latency with a few warps per SM).
+    constexpr int kPerThread = (kTotal + Cfg::kThreads - 1) / Cfg::kThreads;
+    constexpr int kBatch = kPerThread < kLoadBatch ? kPerThread : kLoadBatch;
+    for (int first = threadIdx.x; first < kTotal; first += kBatch * Cfg::kThreads) {
+      Raw raw[kBatch];
 SPECTFORMER_UNROLL
-        for (int j = 0; j < VEC; ++j) out[j] = to_float(in[j]);
-      } else {
-SPECTFORMER_UNROLL
-        for (int j = 0; j < VEC; ++j) out[j] = 0.f;
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = first + u * Cfg::kThreads;
+        const int hw = i / kVectors;
+        const int h = hw / Cfg::W, w = hw % Cfg::W;
+        const int c = c0 + (i % kVectors) * VEC;
+        raw[u] = Raw{};  // zero past the last channel (and past the tile)
+        if (i < kTotal && c < C) {
+          raw[u] = *reinterpret_cast<const Raw*>(base + h * st.h + w * st.w + c);
+        }
       }
-      float* dst = tile + hw * Cfg::CT + v * VEC;
 SPECTFORMER_UNROLL
-      for (int j = 0; j < VEC; ++j) dst[j] = out[j];
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = first + u * Cfg::kThreads;
+        if (i >= kTotal) break;
+        alignas(sizeof(Raw)) T in[VEC];
+        *reinterpret_cast<Raw*>(in) = raw[u];
+        float* dst = tile + (i / kVectors) * Cfg::CT + (i % kVectors) * VEC;
+SPECTFORMER_UNROLL
+        for (int j = 0; j < VEC; ++j) dst[j] = to_float(in[j]);
+      }
     }
   } else {
     for (int i = threadIdx.x; i < Cfg::H * Cfg::W * Cfg::CT; i += Cfg::kThreads) {
@@ -320,15 +338,31 @@ SPECTFORMER_UNROLL
   }
 }
 
-// Forward along H, gate, inverse along H, for thread (k, c)'s own column; no barrier.
+// The block's tile of K, [h][k][c] as float2 (zero past the last channel), copied once by
+// the threads that use it: thread (k, c) writes and later reads only its own column, so no
+// barrier is needed. Saves the L2 re-read of K for every image.
 template <class Cfg>
-__device__ __forceinline__ void gate_along_h(float* buffer, const float* __restrict__ weight,
-                                             int c0, int C, float scale) {
+__device__ __forceinline__ void stage_filter(const float* __restrict__ weight, int c0, int C,
+                                             float2* filter) {
   constexpr int H = Cfg::H, Wk = Cfg::Wk, CT = Cfg::CT;
   if (threadIdx.x >= Cfg::kColumns) return;
   const int c = threadIdx.x % CT;
   const int k = threadIdx.x / CT;
-  const bool in_range = c0 + c < C;
+  for (int h = 0; h < H; ++h) {
+    filter[(h * Wk + k) * CT + c] = c0 + c < C ? gate::load_weight(weight, h, k, c0 + c, Wk, C,
+                                                                   false)
+                                               : make_float2(0.f, 0.f);
+  }
+}
+
+// Forward along H, gate (K from the block's copy, stage_filter), inverse along H, for thread
+// (k, c)'s own column; no barrier.
+template <class Cfg>
+__device__ __forceinline__ void gate_along_h(float* buffer, const float2* filter, float scale) {
+  constexpr int H = Cfg::H, Wk = Cfg::Wk, CT = Cfg::CT;
+  if (threadIdx.x >= Cfg::kColumns) return;
+  const int c = threadIdx.x % CT;
+  const int k = threadIdx.x / CT;
   float2* spectrum = reinterpret_cast<float2*>(buffer);
   float2 col[H];
 SPECTFORMER_UNROLL
@@ -339,8 +373,7 @@ SPECTFORMER_UNROLL
   SPECTFORMER_COMPILER_FENCE();
 SPECTFORMER_UNROLL
   for (int h = 0; h < H; ++h) {
-    const float2 kv = in_range ? gate::load_weight(weight, h, k, c0 + c, Wk, C, false)
-                               : make_float2(0.f, 0.f);
+    const float2 kv = filter[(h * Wk + k) * CT + c];
     const float2 y = gate::complex_mul(col[h], kv);
     col[h] = make_float2(y.x * scale, y.y * scale);
   }
@@ -406,14 +439,16 @@ __global__ void __launch_bounds__(Cfg::kThreads) __maxnreg__(Cfg::kMaxRegisters)
                            VectorFlags vectors, int64_t B, int C) {
   SPECTFORMER_DYNAMIC_SHARED(float4, shared);
   float* buffer = reinterpret_cast<float*>(shared);
+  float2* filter = reinterpret_cast<float2*>(buffer + Cfg::kBufferFloats);
   const int c0 = blockIdx.x * Cfg::CT;
   const float scale = 1.f / static_cast<float>(Cfg::H * Cfg::W);
+  stage_filter<Cfg>(weight, c0, C, filter);
   for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
     load_tile_as<Cfg>(dtype, x, xs, b, c0, C, vectors.x, buffer);
     __syncthreads();
     forward_along_w<Cfg>(buffer);
     __syncthreads();
-    gate_along_h<Cfg>(buffer, weight, c0, C, scale);
+    gate_along_h<Cfg>(buffer, filter, scale);
     __syncthreads();
     inverse_along_w<Cfg>(buffer);
     __syncthreads();
@@ -438,8 +473,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) __maxnreg__(Cfg::kMaxRegisters)
   const int c0 = blockIdx.x * CT;
   const float scale = 1.f / static_cast<float>(H * Cfg::W);
   float* partial = grad_weight_partials + blockIdx.y * (static_cast<int64_t>(H) * Wk * C * 2);
-  float* dk = Cfg::kDkInShared ? dy_buffer + Cfg::kBufferFloats : partial + 2 * c0;
-  const int dk_stride = Cfg::kDkInShared ? CT : C;
+  float* dk = Cfg::dk_in_shared() ? dy_buffer + Cfg::kBufferFloats : partial + 2 * c0;
+  const int dk_stride = Cfg::dk_in_shared() ? CT : C;
   // Zero the slots this thread accumulates into (the same thread owns them all along).
   const int own_c = threadIdx.x % CT, own_k = threadIdx.x / CT;
   const bool owns_slots = threadIdx.x < Cfg::kColumns && c0 + own_c < C;
@@ -465,7 +500,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) __maxnreg__(Cfg::kMaxRegisters)
     store_tile_as<Cfg>(dtype, dy_buffer, b, c0, C, vectors.out, grad_x);
     __syncthreads();
   }
-  if (Cfg::kDkInShared && owns_slots) {  // the thread's own slots: no barrier needed
+  if (Cfg::dk_in_shared() && owns_slots) {  // the thread's own slots: no barrier needed
     for (int h = 0; h < H; ++h) {
       const int64_t hk = static_cast<int64_t>(h) * Wk + own_k;
       partial[(hk * C + c0 + own_c) * 2] = dk[(hk * CT + own_c) * 2];
@@ -474,13 +509,27 @@ __global__ void __launch_bounds__(Cfg::kThreads) __maxnreg__(Cfg::kMaxRegisters)
   }
 }
 
+// Chunks whose partial a thread of sum_chunks_kernel loads before adding any: one load at a
+// time would leave the kernel waiting on DRAM latency.
+constexpr int kSumBatch = 8;
+
 // grad_weight[j] = sum over chunks p of partials[p][j], p in order.
 __global__ void sum_chunks_kernel(const float* __restrict__ partials, float* __restrict__ out,
                                   int64_t n, int64_t chunks) {
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < n;
        j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float acc = 0.f;
-    for (int64_t p = 0; p < chunks; ++p) acc += partials[p * n + j];
+    for (int64_t p0 = 0; p0 < chunks; p0 += kSumBatch) {
+      // Unconditional loads (past the last chunk: the last chunk again, not added), so the
+      // compiler issues them all before the first add.
+      float v[kSumBatch];
+SPECTFORMER_UNROLL
+      for (int u = 0; u < kSumBatch; ++u) v[u] = partials[min(p0 + u, chunks - 1) * n + j];
+SPECTFORMER_UNROLL
+      for (int u = 0; u < kSumBatch; ++u) {
+        if (p0 + u < chunks) acc += v[u];  // in chunk order, as before
+      }
+    }
     out[j] = acc;
   }
 }
@@ -503,11 +552,12 @@ int vector_width_for(ScalarType dtype) {
                                      : VectorWidth<Cfg, __half>::value;
 }
 
+// The forward's spectrum buffer and its copy of K (the same size).
 template <class Cfg>
-constexpr size_t forward_shared_bytes() { return Cfg::kBufferFloats * sizeof(float); }
+constexpr size_t forward_shared_bytes() { return 2 * Cfg::kBufferFloats * sizeof(float); }
 template <class Cfg>
 constexpr size_t backward_shared_bytes() {
-  return (Cfg::kDkInShared ? 3 : 2) * Cfg::kBufferFloats * sizeof(float);
+  return (Cfg::dk_in_shared() ? 3 : 2) * Cfg::kBufferFloats * sizeof(float);
 }
 
 // Opts the kernel into its dynamic shared memory and returns how many blocks fit on one SM.
@@ -534,7 +584,7 @@ Status backward_plan(const GateShape& s, int num_sms, BackwardPlan* plan) {
                                     backward_shared_bytes<Cfg>(), &blocks);
   if (!st.empty()) return st;
   plan->tiles = ceil_div(s.channels, Cfg::CT);
-  const int64_t wanted = ceil_div(static_cast<int64_t>(blocks) * num_sms, plan->tiles);
+  const int64_t wanted = static_cast<int64_t>(blocks) * num_sms / plan->tiles;  // all resident
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>({s.batch, wanted, 65535}));
   plan->chunk = ceil_div(s.batch, chunks);
   plan->chunks = ceil_div(s.batch, plan->chunk);
@@ -569,9 +619,9 @@ Status cufftdx_forward(const GateShape& s, ScalarType dtype, const void* x, Stri
                          &blocks);
     if (!st.empty()) return;
     const int64_t tiles = ceil_div(s.channels, Cfg::CT);
+    // Rounded down: one more slot than fits would leave its blocks for a second round.
     const int64_t slots = std::max<int64_t>(
-        1, std::min<int64_t>({s.batch, ceil_div(static_cast<int64_t>(blocks) * num_sms, tiles),
-                              65535}));
+        1, std::min<int64_t>({s.batch, static_cast<int64_t>(blocks) * num_sms / tiles, 65535}));
     const int width = vector_width_for<Cfg>(dtype);
     const size_t elem = element_bytes(dtype);
     const Strides4 out{s.height * s.width * s.channels, s.width * s.channels, s.channels, 1};

@@ -12,11 +12,11 @@ from typing import NamedTuple
 
 # N: (forward channel tile, forward blocks per SM, backward channel tile, backward blocks per SM)
 GRID_TILES = {
-    7: (32, 3, 32, 3),
+    7: (32, 5, 32, 4),
     12: (32, 2, 32, 2),
-    14: (16, 3, 32, 2),
-    24: (16, 2, 16, 2),
-    28: (8, 2, 8, 3),
+    14: (16, 4, 16, 4),
+    24: (8, 3, 16, 2),
+    28: (8, 3, 8, 3),
     48: (4, 2, 4, 2),
     56: (4, 2, 4, 2),
 }
@@ -29,7 +29,8 @@ class TileLaunch(NamedTuple):
     threads: int
     blocks_per_sm: int  # what the register cap is set for
     max_registers: int  # __maxnreg__
-    shared_bytes: int  # dynamic shared memory per block (backward: x, dy and, where it fits, dK)
+    shared_bytes: int  # dynamic shared memory per block (forward: spectrum and K; backward: x,
+    # dy and, where it fits, dK)
     vector_bytes: dict  # bytes per global vector access, by element size (4 or 2)
 
 
@@ -47,6 +48,7 @@ def tile_launch(n: int, direction: str) -> TileLaunch:
     budget = 65536 // (threads * blocks) // 8 * 8
     buffer_bytes = n * wk * ct * 2 * 4
     dk_in_shared = (3 * buffer_bytes + 1024) * blocks <= 228 * 1024
-    buffers = 1 if direction == "forward" else (3 if dk_in_shared else 2)
+    # forward: the spectrum and the block's copy of K; backward: x, dy and, where it fits, dK
+    buffers = 2 if direction == "forward" else (3 if dk_in_shared else 2)
     return TileLaunch(n, n, ct, threads, blocks, min(255, budget), buffers * buffer_bytes,
                       {size: min(16, ct * size) for size in (4, 2)})

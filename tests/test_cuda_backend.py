@@ -193,8 +193,8 @@ def test_cufftdx_tile_table_matches_the_source():
     assert {int(r[0]): tuple(map(int, r[1:])) for r in rows} == cufftdx_tiles.GRID_TILES
     launch = cufftdx_tiles.tile_launch(56, "backward")
     assert (launch.channels_per_block, launch.threads, launch.shared_bytes) == (4, 128, 103936)
-    assert cufftdx_tiles.tile_launch(14, "forward").max_registers == 168
-    assert cufftdx_tiles.tile_launch(14, "backward").shared_bytes == 3 * 14 * 8 * 32 * 8
+    assert cufftdx_tiles.tile_launch(14, "forward").max_registers == 128
+    assert cufftdx_tiles.tile_launch(14, "backward").shared_bytes == 3 * 14 * 8 * 16 * 8
 
 
 def test_cufftdx_grids_match_the_source():

@@ -115,6 +115,48 @@ def test_model_runs_one_small_shape_per_kernel(tmp_path):
     assert any(int(r["tensor_instructions"]) > 0 for r in triton_rows)  # bf16 dots: MMA
 
 
+_CUFFTDX_ROWS = """
+import json
+from benchmarks import gpu_model as g
+if g.nvcc_path() is None or g._csrc_paths().find_cufftdx() is None:
+    print(json.dumps({"skip": "nvcc or the cuFFTDx headers (nvidia-mathdx) not found"}))
+    raise SystemExit
+cuda = {"cufftdx": g.compile_cufftdx("sm_90a", (7,))}
+rows = {}
+for dtype in ("bf16", "fp32"):
+    for d in ("fwd", "bwd"):
+        p = g.predict(g._cufftdx_launches(cuda, d, dtype, 16, 7, 7, 64))
+        p["floor"] = g.floor_bytes(d, dtype, 16, 7, 7, 64)
+        rows[f"{dtype} {d}"] = p
+print(json.dumps(rows))
+"""
+
+
+@needs_tools
+def test_model_rows_of_the_cufftdx_kernels():
+    """The cuFFTDx kernels of the smallest grid (only that grid compiled, about 15 s of nvcc):
+    every loop resolved, no spills, only the launch's dtype counted, the dK reduction."""
+    done = subprocess.run([sys.executable, "-c", _CUFFTDX_ROWS], capture_output=True, text=True,
+                          env=_compiler_env(), timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    if "skip" in rows:
+        pytest.skip(rows["skip"])
+    for key, row in rows.items():
+        assert row["notes"] == "", (key, row["notes"])  # no unresolved loop
+        assert row["spill_bytes"] == 0 and row["registers"] > 0, key
+        assert row["dram_bytes"] >= row["floor"] and row["seconds"] > 0, key
+        assert row["fp32_instructions"] > 0, key
+    # One kernel serves every dtype (a run-time switch): counting all its branches would give
+    # bf16 and fp32 the same count. bf16 moves 8 channels per 16-byte vector, fp32 4, so x and
+    # y take half the accesses (the filter's loads, the same in both, dominate at 7x7).
+    assert rows["bf16 fwd"]["global_instructions"] < 0.9 * rows["fp32 fwd"]["global_instructions"]
+    # the backward reads x and dy: about twice the forward's loads (plus K and dK)
+    assert rows["fp32 bwd"]["global_instructions"] > 1.5 * rows["fp32 fwd"]["global_instructions"]
+    assert rows["fp32 bwd"]["launches"] == 2  # batch chunks, then their ordered sum
+    assert rows["fp32 fwd"]["launches"] == 1
+
+
 def test_reference_sequence_follows_pytorchs_cuda_fft_path():
     from benchmarks.torch_fft_sequence import sequence
 
