@@ -248,6 +248,35 @@ if _TRITON_IMPORT_ERROR is None:
         return tl.reshape(tl.reshape(v, (ROWS, BLOCK_C, COLS)) * s, v.shape)
 
     @triton.jit
+    def _normalized(v, ROWS: tl.constexpr, BLOCK_C: tl.constexpr, COLS: tl.constexpr,
+                    SCALE: tl.constexpr):
+        """``v`` with each channel scaled by ``_power_of_two_scale`` when SCALE, and the
+        (1, BLOCK_C, 1) factor that undoes it."""
+        s, inverse = _grid_scale(v, ROWS, BLOCK_C, COLS, SCALE)
+        if SCALE:
+            v = _scaled(v, s, ROWS, BLOCK_C, COLS)
+        return v, inverse
+
+    @triton.jit
+    def _normalized_filter(k_re, k_im, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+                           COLS: tl.constexpr, SCALE: tl.constexpr):
+        """``_normalized`` for the filter, one factor per channel for both parts."""
+        s, inverse = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), ROWS, BLOCK_C, COLS,
+                                 SCALE)
+        if SCALE:
+            k_re = _scaled(k_re, s, ROWS, BLOCK_C, COLS)
+            k_im = _scaled(k_im, s, ROWS, BLOCK_C, COLS)
+        return k_re, k_im, inverse
+
+    @triton.jit
+    def _restored(v, inverse, ROWS: tl.constexpr, BLOCK_C: tl.constexpr, COLS: tl.constexpr,
+                  SCALE: tl.constexpr):
+        """Undo ``_normalized`` (exact: powers of two)."""
+        if SCALE:
+            v = _scaled(v, inverse, ROWS, BLOCK_C, COLS)
+        return v
+
+    @triton.jit
     def _load_w_matrix(ptr, part_stride, k_stride, w_stride, W: tl.constexpr, WK: tl.constexpr,
                        WP: tl.constexpr, S: tl.constexpr, STACK_ROWS: tl.constexpr,
                        DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
@@ -376,18 +405,12 @@ if _TRITON_IMPORT_ERROR is None:
                                           DOT_DTYPE, SPLIT)
         k_re, k_im = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
                                   H, WK, HP, S, BLOCK_C)
-        k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), HP, BLOCK_C,
-                                         S // 2, SCALE)
-        if SCALE:
-            k_re = _scaled(k_re, k_scale, HP, BLOCK_C, S // 2)
-            k_im = _scaled(k_im, k_scale, HP, BLOCK_C, S // 2)
+        k_re, k_im, k_unscale = _normalized_filter(k_re, k_im, HP, BLOCK_C, S // 2, SCALE)
 
         for b in range(b_start, b_end):
             x = _load_grid(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
                            H, W, HP, WP, BLOCK_C)
-            x_scale, x_unscale = _grid_scale(x, HP, BLOCK_C, WP, SCALE)
-            if SCALE:
-                x = _scaled(x, x_scale, HP, BLOCK_C, WP)
+            x, x_unscale = _normalized(x, HP, BLOCK_C, WP, SCALE)
             s_re, s_im = _spectrum(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo,
                                    HP, S, BLOCK_C, DOT_DTYPE, SPLIT)
             g = _stacked(s_re * k_re - s_im * k_im, s_re * k_im + s_im * k_re, HP, 2 * N)
@@ -396,8 +419,7 @@ if _TRITON_IMPORT_ERROR is None:
             z = _stacked(z_re, z_im, HP * BLOCK_C, S)
             z_hi, z_lo = _split(z, DOT_DTYPE, SPLIT)
             y = _mm(z_hi, z_lo, m4_hi, m4_lo, SPLIT)
-            if SCALE:
-                y = _scaled(y, x_unscale * k_unscale, HP, BLOCK_C, WP)
+            y = _restored(y, x_unscale * k_unscale, HP, BLOCK_C, WP, SCALE)
             _store_grid(y_ptr, b * (H * W * C) + c0, y, C, n_channels, H, W, HP, WP, BLOCK_C)
 
     @triton.jit
@@ -431,11 +453,7 @@ if _TRITON_IMPORT_ERROR is None:
                                           DOT_DTYPE, SPLIT)
         k_re, k_im = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
                                   H, WK, HP, S, BLOCK_C)
-        k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), HP, BLOCK_C,
-                                         S // 2, SCALE)
-        if SCALE:
-            k_re = _scaled(k_re, k_scale, HP, BLOCK_C, S // 2)
-            k_im = _scaled(k_im, k_scale, HP, BLOCK_C, S // 2)
+        k_re, k_im, k_unscale = _normalized_filter(k_re, k_im, HP, BLOCK_C, S // 2, SCALE)
 
         dk_re = tl.zeros((HP, N), dtype=tl.float32)
         dk_im = tl.zeros((HP, N), dtype=tl.float32)
@@ -444,11 +462,8 @@ if _TRITON_IMPORT_ERROR is None:
                            H, W, HP, WP, BLOCK_C)
             dy = _load_grid(grad_y_ptr, b * sg_b + c0 * sg_c, n_channels, sg_h, sg_w, sg_c,
                             H, W, HP, WP, BLOCK_C)
-            x_scale, x_unscale = _grid_scale(x, HP, BLOCK_C, WP, SCALE)
-            dy_scale, dy_unscale = _grid_scale(dy, HP, BLOCK_C, WP, SCALE)
-            if SCALE:
-                x = _scaled(x, x_scale, HP, BLOCK_C, WP)
-                dy = _scaled(dy, dy_scale, HP, BLOCK_C, WP)
+            x, x_unscale = _normalized(x, HP, BLOCK_C, WP, SCALE)
+            dy, dy_unscale = _normalized(dy, HP, BLOCK_C, WP, SCALE)
             s_re, s_im = _spectrum(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo,
                                    HP, S, BLOCK_C, DOT_DTYPE, SPLIT)
 
@@ -460,11 +475,8 @@ if _TRITON_IMPORT_ERROR is None:
 
             pk_re = s_re * d_re + s_im * d_im
             pk_im = s_re * d_im - s_im * d_re
-            if SCALE:
-                pk_re = _scaled(pk_re, x_unscale * dy_unscale, HP, BLOCK_C, S // 2)
-                pk_im = _scaled(pk_im, x_unscale * dy_unscale, HP, BLOCK_C, S // 2)
-            dk_re += pk_re
-            dk_im += pk_im
+            dk_re += _restored(pk_re, x_unscale * dy_unscale, HP, BLOCK_C, S // 2, SCALE)
+            dk_im += _restored(pk_im, x_unscale * dy_unscale, HP, BLOCK_C, S // 2, SCALE)
 
             # D * conj(K), then the adjoints of the H and W forward transforms.
             ds = _stacked(d_re * k_re + d_im * k_im, d_im * k_re - d_re * k_im, HP, 2 * N)
@@ -473,8 +485,7 @@ if _TRITON_IMPORT_ERROR is None:
             da = _stacked(da_re, da_im, HP * BLOCK_C, S)
             da_hi, da_lo = _split(da, DOT_DTYPE, SPLIT)
             dx = _mm(da_hi, da_lo, m1t_hi, m1t_lo, SPLIT)
-            if SCALE:
-                dx = _scaled(dx, dy_unscale * k_unscale, HP, BLOCK_C, WP)
+            dx = _restored(dx, dy_unscale * k_unscale, HP, BLOCK_C, WP, SCALE)
             _store_grid(grad_x_ptr, b * (H * W * C) + c0, dx, C, n_channels,
                         H, W, HP, WP, BLOCK_C)
 
@@ -564,23 +575,16 @@ if _TRITON_IMPORT_ERROR is None:
                                 DOT_DTYPE, SPLIT)
         k_re, k_im = _dense_load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
                                         H, WK, SD, BLOCK_C)
-        k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), 1, BLOCK_C,
-                                         SD // 2, SCALE)
-        if SCALE:
-            k_re = _scaled(k_re, k_scale, 1, BLOCK_C, SD // 2)
-            k_im = _scaled(k_im, k_scale, 1, BLOCK_C, SD // 2)
+        k_re, k_im, k_unscale = _normalized_filter(k_re, k_im, 1, BLOCK_C, SD // 2, SCALE)
         for b in range(b_start, b_end):
             x = _dense_load(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
                             H, W, HW, BLOCK_C)
-            x_scale, x_unscale = _grid_scale(x, 1, BLOCK_C, HW, SCALE)
-            if SCALE:
-                x = _scaled(x, x_scale, 1, BLOCK_C, HW)
+            x, x_unscale = _normalized(x, 1, BLOCK_C, HW, SCALE)
             s_re, s_im = _times_map(x, f_hi, f_lo, BLOCK_C, SD // 2, DOT_DTYPE, SPLIT)
             g = _stacked(s_re * k_re - s_im * k_im, s_re * k_im + s_im * k_re, BLOCK_C, SD)
             g_split_hi, g_split_lo = _split(g, DOT_DTYPE, SPLIT)
             y = _mm(g_split_hi, g_split_lo, g_hi, g_lo, SPLIT)
-            if SCALE:
-                y = _scaled(y, x_unscale * k_unscale, 1, BLOCK_C, HW)
+            y = _restored(y, x_unscale * k_unscale, 1, BLOCK_C, HW, SCALE)
             _dense_store(y_ptr, b * (H * W * C) + c0, y, C, n_channels, H, W, HW, BLOCK_C)
 
     @triton.jit
@@ -606,11 +610,7 @@ if _TRITON_IMPORT_ERROR is None:
                                   DOT_DTYPE, SPLIT)
         k_re, k_im = _dense_load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
                                         H, WK, SD, BLOCK_C)
-        k_scale, k_unscale = _grid_scale(tl.maximum(tl.abs(k_re), tl.abs(k_im)), 1, BLOCK_C,
-                                         SD // 2, SCALE)
-        if SCALE:
-            k_re = _scaled(k_re, k_scale, 1, BLOCK_C, SD // 2)
-            k_im = _scaled(k_im, k_scale, 1, BLOCK_C, SD // 2)
+        k_re, k_im, k_unscale = _normalized_filter(k_re, k_im, 1, BLOCK_C, SD // 2, SCALE)
         dk_re = tl.zeros((BLOCK_C, SD // 2), dtype=tl.float32)
         dk_im = tl.zeros((BLOCK_C, SD // 2), dtype=tl.float32)
         for b in range(b_start, b_end):  # fixed order, so dK partials are reproducible
@@ -618,25 +618,18 @@ if _TRITON_IMPORT_ERROR is None:
                             H, W, HW, BLOCK_C)
             dy = _dense_load(grad_y_ptr, b * sg_b + c0 * sg_c, n_channels, sg_h, sg_w, sg_c,
                              H, W, HW, BLOCK_C)
-            x_scale, x_unscale = _grid_scale(x, 1, BLOCK_C, HW, SCALE)
-            dy_scale, dy_unscale = _grid_scale(dy, 1, BLOCK_C, HW, SCALE)
-            if SCALE:
-                x = _scaled(x, x_scale, 1, BLOCK_C, HW)
-                dy = _scaled(dy, dy_scale, 1, BLOCK_C, HW)
+            x, x_unscale = _normalized(x, 1, BLOCK_C, HW, SCALE)
+            dy, dy_unscale = _normalized(dy, 1, BLOCK_C, HW, SCALE)
             s_re, s_im = _times_map(x, f_hi, f_lo, BLOCK_C, SD // 2, DOT_DTYPE, SPLIT)
             d_re, d_im = _times_map(dy, gt_hi, gt_lo, BLOCK_C, SD // 2, DOT_DTYPE, SPLIT)
             pk_re = s_re * d_re + s_im * d_im
             pk_im = s_re * d_im - s_im * d_re
-            if SCALE:
-                pk_re = _scaled(pk_re, x_unscale * dy_unscale, 1, BLOCK_C, SD // 2)
-                pk_im = _scaled(pk_im, x_unscale * dy_unscale, 1, BLOCK_C, SD // 2)
-            dk_re += pk_re
-            dk_im += pk_im
+            dk_re += _restored(pk_re, x_unscale * dy_unscale, 1, BLOCK_C, SD // 2, SCALE)
+            dk_im += _restored(pk_im, x_unscale * dy_unscale, 1, BLOCK_C, SD // 2, SCALE)
             ds = _stacked(d_re * k_re + d_im * k_im, d_im * k_re - d_re * k_im, BLOCK_C, SD)
             ds_hi, ds_lo = _split(ds, DOT_DTYPE, SPLIT)
             dx = _mm(ds_hi, ds_lo, ft_hi, ft_lo, SPLIT)
-            if SCALE:
-                dx = _scaled(dx, dy_unscale * k_unscale, 1, BLOCK_C, HW)
+            dx = _restored(dx, dy_unscale * k_unscale, 1, BLOCK_C, HW, SCALE)
             _dense_store(grad_x_ptr, b * (H * W * C) + c0, dx, C, n_channels, H, W, HW,
                          BLOCK_C)
         cc, hh, kk, mask = _dense_spectrum_offsets(n_channels, H, WK, SD, BLOCK_C)
