@@ -189,8 +189,8 @@ TRITON_SOURCE = PACKAGE / "triton_backend.py"
 
 def analyze_triton(job: dict) -> dict:
     """Compile one Triton config and count its SASS (runs in a subprocess)."""
-    from benchmarks import triton_resources as tr
     from spectformer_kernels import triton_backend as tb
+    from spectformer_kernels import triton_compile as tr
 
     start = time.perf_counter()
     compiled = tr.compile_config(job["kernel"], job["dtype"], job["batch"], job["h"], job["w"],
@@ -328,7 +328,7 @@ def nvcc_path() -> Optional[str]:
 
 def compile_cuda(source: str, arch: str, includes: list, defines: tuple = ()) -> dict:
     """{function name: sass.Function} and {name: resources} of one ``csrc`` file."""
-    from benchmarks.triton_resources import cubin_resources
+    from spectformer_kernels.triton_compile import cubin_resources
 
     nvcc = nvcc_path()
     if nvcc is None:

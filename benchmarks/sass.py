@@ -37,9 +37,7 @@ from __future__ import annotations
 import ast
 import bisect
 import math
-import os
 import re
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -47,6 +45,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
+
+from spectformer_kernels.triton_compile import tool
 
 CLASSES = ("tensor", "fp32", "global", "shared", "local", "other")
 
@@ -57,22 +57,6 @@ _GLOBAL = ("LDG", "STG", "LD", "ST", "RED", "ATOM", "ATOMG", "LDGSTS", "UTMALDG"
 _SHARED = ("LDS", "STS", "LDSM", "STSM", "ATOMS", "REDS")
 _LOCAL = ("LDL", "STL")
 _BRANCHES = ("BRA", "BRX", "JMP", "JMX")
-
-
-def tool(name: str) -> Optional[str]:
-    """Path of an NVIDIA binary tool: Triton's bundled copy first, else the CUDA toolkit's."""
-    try:
-        import triton
-
-        bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
-        if bundled.exists():
-            return str(bundled)
-    except ImportError:
-        pass
-    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if home and (Path(home) / "bin" / name).exists():
-            return str(Path(home) / "bin" / name)
-    return shutil.which(name)
 
 
 @dataclass

@@ -26,18 +26,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from benchmarks.common import add_output_flags
 from benchmarks.shapes import SHAPES
+from spectformer_kernels.triton_compile import compile_in_subprocess
 
 SMEM_LIMIT = 227 * 1024  # Hopper's largest shared memory per block (opt-in), bytes
 TARGET = "sm_90a"
@@ -51,159 +46,6 @@ FIELDS = [
 ]  # spill_bytes: the stack frame cuobjdump reports (spill slots; the kernels have no arrays)
 KIND = "compile-time resources of sm_90a cubins on a CPU machine (not timings)"
 
-ALIGNMENT = 256  # device allocations (torch's caching allocator) are at least this aligned
-
-
-class DeviceTensor:
-    """Stands in for a CUDA tensor in Triton's specialization: shape, dtype, contiguous
-    strides and an aligned address (all the launcher's binder looks at)."""
-
-    def __init__(self, shape, dtype):
-        import torch
-
-        self.shape = torch.Size(shape)
-        self.dtype = dtype
-
-    def stride(self):
-        strides, step = [], 1
-        for n in reversed(self.shape):
-            strides.insert(0, step)
-            step *= n
-        return tuple(strides)
-
-    def data_ptr(self) -> int:
-        return ALIGNMENT * 4096
-
-
-class _Matrices:
-    def __init__(self, h: int, w: int):
-        import torch
-
-        wk = w // 2 + 1
-        self.w_forward = DeviceTensor((2 * wk, w), torch.float32)
-        self.h_forward = DeviceTensor((2 * h, 2 * h), torch.float32)
-        self.h_inverse = DeviceTensor((2 * h, 2 * h), torch.float32)
-        self.w_inverse = DeviceTensor((w, 2 * wk), torch.float32)
-        self.forward = DeviceTensor((h * w, 2 * h * wk), torch.float32)  # the dense maps
-        self.inverse = DeviceTensor((2 * h * wk, h * w), torch.float32)
-
-
-def launch_arguments(kernel: str, dtype: str, batch: int, h: int, w: int, c: int) -> dict:
-    """The launcher's arguments (``triton_backend.forward_arguments`` /
-    ``backward_arguments``) for contiguous channels-last tensors of this shape."""
-    import torch
-
-    from spectformer_kernels import triton_backend as tb
-
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    x = DeviceTensor((batch, h, w, c), dt)
-    weight = DeviceTensor((h, w // 2 + 1, c, 2), torch.float32)
-    mats = _Matrices(h, w)
-    if kernel == "forward":
-        return tb.forward_arguments(x, weight, DeviceTensor(x.shape, dt), mats)
-    groups = -(-batch // tb.BATCH_PER_PROGRAM)
-    partials = DeviceTensor((groups, h, w // 2 + 1, c, 2), torch.float32)
-    return tb.backward_arguments(DeviceTensor(x.shape, dt), x, weight, DeviceTensor(x.shape, dt),
-                                 partials, mats)
-
-
-def compile_config(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
-                   block_c: int, num_warps: int, num_stages: int = 3):
-    """Compile one autotune config for sm_90a exactly as the launcher would specialize it.
-
-    Needs the compiled (not interpreted) kernels: run it where ``TRITON_INTERPRET`` is unset.
-    Returns Triton's CompiledKernel (``asm["cubin"]``, ``metadata.shared``, ...)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from spectformer_kernels import triton_backend as tb
-
-    if tb.INTERPRETED:
-        raise RuntimeError("TRITON_INTERPRET=1 is set: the kernels are interpreted, not compiled")
-    fn = tb.kernel_function(kernel, h, w)
-    target = GPUTarget("cuda", 90, 32)
-    config = triton.Config({"BLOCK_C": block_c}, num_warps=num_warps, num_stages=num_stages)
-    options, signature, constexprs, attrs = tb.specialization(
-        kernel, launch_arguments(kernel, dtype, batch, h, w, c), config, target)
-    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
-                          options=options.__dict__)
-
-
-def cubin_resources(cubin: bytes) -> dict:
-    """{function: registers, stack frame, local and static shared bytes} from
-    ``cuobjdump -res-usage`` (Triton's bundled copy)."""
-    from benchmarks.sass import tool
-
-    cuobjdump = tool("cuobjdump")
-    if cuobjdump is None:
-        raise FileNotFoundError("cuobjdump not found (Triton's NVIDIA backend or a CUDA toolkit)")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.cubin"
-        path.write_bytes(cubin)
-        text = subprocess.run([cuobjdump, "-res-usage", str(path)], capture_output=True,
-                              text=True, check=True).stdout
-    out, name = {}, None
-    for line in text.splitlines():
-        m = re.match(r"\s*Function (\S+):", line)
-        if m:
-            name = m.group(1)
-            continue
-        fields = dict(re.findall(r"(\w+):(\d+)", line))
-        if name and "REG" in fields:
-            out[name] = {"registers": int(fields["REG"]), "stack_bytes": int(fields["STACK"]),
-                         "local_bytes": int(fields["LOCAL"]),
-                         "static_shared": int(fields["SHARED"])}
-    return out
-
-
-def compile_resources(kernel: str, dtype: str, h: int, w: int, block_c: int,
-                      num_warps: int, c: int = 384, batch: int = 128) -> dict:
-    """Registers, stack frame (spill) bytes and shared memory of one config for sm_90a."""
-    import triton
-
-    start = time.perf_counter()
-    compiled = compile_config(kernel, dtype, batch, h, w, c, block_c, num_warps)
-    (res,) = cubin_resources(compiled.asm["cubin"]).values()
-    return {
-        "registers": res["registers"],
-        "spill_bytes": res["stack_bytes"],
-        "shared_bytes": int(compiled.metadata.shared),
-        "compile_s": round(time.perf_counter() - start, 1),
-        "triton": triton.__version__,
-        "ptxas": "bundled",
-    }
-
-
-def compile_in_subprocess(job: tuple, timeout: float) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences a 3.9 warning; the default
-    cmd = [sys.executable, "-m", "benchmarks.triton_resources", "--one", json.dumps(job)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"status": f"timeout>{timeout:g}s"}
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["?"])[-1]
-        return {"status": f"error: {last[:120]}"}
-    return {"status": "ok", **json.loads(done.stdout.strip().splitlines()[-1])}
-
-
-def largest_kept_config(kernel: str, dtype: str, h: int, w: int, c: int):
-    """The pruner's kept config with the most elements per thread (the worst case for
-    resources), or None when the pruner keeps none (``supports`` declines the shape)."""
-    from spectformer_kernels import triton_backend as tb
-
-    kept = tb.kept_configs(kernel, dtype, h, w, c)
-    if not kept:
-        return None
-    cfg = max(kept, key=lambda cfg: (cfg.kwargs["BLOCK_C"] / cfg.num_warps,
-                                     cfg.kwargs["BLOCK_C"]))
-    return (kernel, dtype, h, w, cfg.kwargs["BLOCK_C"], cfg.num_warps)
-
-
 def estimate_for(job: tuple) -> dict:
     from spectformer_kernels import triton_backend as tb
 
@@ -214,7 +56,7 @@ def _configs(kernel: str, dtype: str, h: int, w: int, c: int, all_configs: bool)
     from spectformer_kernels import triton_backend as tb
 
     if all_configs:
-        return tb._AUTOTUNE_CONFIGS
+        return tb.autotune_configs(h, w)
     return tb.kept_configs(kernel, dtype, h, w, c, use_compiled=False)
 
 
@@ -247,12 +89,7 @@ def main(argv=None) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per compile")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     add_output_flags(parser, plot=False)
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one compile, JSON out
     args = parser.parse_args(argv)
-
-    if args.one:
-        print(json.dumps(compile_resources(*json.loads(args.one))))
-        return
 
     from spectformer_kernels import triton_backend as tb
     from benchmarks.common import git_commit

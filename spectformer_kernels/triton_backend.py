@@ -692,6 +692,11 @@ def uses_dense_map(h: int, w: int) -> bool:
     return _padded(h * w) <= DENSE_MAX and _padded(2 * h * (w // 2 + 1)) <= DENSE_MAX
 
 
+def autotune_configs(h: int, w: int) -> list:
+    """Every autotune config of the kernel form an h x w grid takes (before pruning)."""
+    return _DENSE_CONFIGS if uses_dense_map(h, w) else _AUTOTUNE_CONFIGS
+
+
 def kernel_function(kernel: str, h: int, w: int, tuned: bool = False):
     """The jit function (or its autotuned launcher) that runs ``kernel`` on an h x w grid."""
     return _KERNELS[(kernel, uses_dense_map(h, w))][1 if tuned else 0]
@@ -756,7 +761,7 @@ def kept_configs(kernel: str, dtype: str, h: int, w: int, c: int,
     ``supports`` declines the shape and ``auto`` falls back."""
     from .triton_sm90_resources import RESOURCES
 
-    configs = _DENSE_CONFIGS if uses_dense_map(h, w) else _AUTOTUNE_CONFIGS
+    configs = autotune_configs(h, w)
     candidates = [cfg for cfg in configs if cfg.kwargs["BLOCK_C"] < 2 * c]
     kept = []
     for cfg in candidates or configs:

@@ -31,7 +31,8 @@ def _ptxas_missing():
 
 pytestmark = pytest.mark.skipif(_ptxas_missing() is not None, reason=str(_ptxas_missing()))
 
-from benchmarks import triton_resources as tr  # noqa: E402
+from spectformer_kernels import triton_backend as tb  # noqa: E402
+from spectformer_kernels import triton_compile as tr  # noqa: E402
 
 # 14x14: the vanilla model's grid; 56x56x96: the largest hierarchical grid (padded to
 # 64x64 in the kernel), where the fp32 backward has no config that does not spill.
@@ -55,14 +56,12 @@ def test_kept_config_compiles_for_sm90_without_spills(compiled, case):
     jobs, results = compiled
     job = jobs[case]
     if job is None:  # nothing fits: the backend must decline the shape instead
-        from spectformer_kernels import triton_backend as tb
-
         assert tb.kept_configs(*case) == []
         return
     result = results[case]
     assert result["status"] == "ok", f"{job}: {result['status']}"
     assert 0 < result["registers"] <= 255, result
-    assert result["shared_bytes"] <= tr.SMEM_LIMIT, (
-        f"{job}: {result['shared_bytes']} B of shared memory > {tr.SMEM_LIMIT} B")
+    assert result["shared_bytes"] <= tb.SMEM_LIMIT, (
+        f"{job}: {result['shared_bytes']} B of shared memory > {tb.SMEM_LIMIT} B")
     # The pruner never keeps a config that spills (a stack frame in the cubin).
     assert result["spill_bytes"] == 0, (job, result)
