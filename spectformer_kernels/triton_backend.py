@@ -174,6 +174,14 @@ if _TRITON_IMPORT_ERROR is None:
         return v.to(DTYPE)
 
     @triton.jit
+    def _program_block(C, BLOCK_C: tl.constexpr):
+        """(first channel, batch group) of this program. One grid axis (up to 2**31 programs):
+        the second and third allow only 65535."""
+        pid = tl.program_id(0).to(tl.int64)
+        n_cblocks = tl.cdiv(C, BLOCK_C)
+        return (pid % n_cblocks) * BLOCK_C, pid // n_cblocks
+
+    @triton.jit
     def _split(v, DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
         """A dot operand as 16-bit parts (hi, lo): hi = v rounded to DOT_DTYPE and, when
         SPLIT, lo = the remainder v - hi rounded (fp16: hi + lo carries 22 significant bits
@@ -385,8 +393,8 @@ if _TRITON_IMPORT_ERROR is None:
         BLOCK_C: tl.constexpr, BATCH_PER_PROGRAM: tl.constexpr,
         DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, SCALE: tl.constexpr,
     ):
-        c0 = tl.program_id(0).to(tl.int64) * BLOCK_C
-        b_start = tl.program_id(1).to(tl.int64) * BATCH_PER_PROGRAM
+        c0, group = _program_block(C, BLOCK_C)
+        b_start = group * BATCH_PER_PROGRAM
         b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
         n_channels = C - c0  # channels of this block that exist (masks compare with it)
         N: tl.constexpr = BLOCK_C * (S // 2)  # spectrum columns (c, k)
@@ -432,8 +440,7 @@ if _TRITON_IMPORT_ERROR is None:
         BLOCK_C: tl.constexpr, BATCH_PER_PROGRAM: tl.constexpr,
         DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, SCALE: tl.constexpr,
     ):
-        c0 = tl.program_id(0).to(tl.int64) * BLOCK_C
-        group = tl.program_id(1).to(tl.int64)
+        c0, group = _program_block(C, BLOCK_C)
         b_start = group * BATCH_PER_PROGRAM
         b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
         n_channels = C - c0
@@ -565,8 +572,8 @@ if _TRITON_IMPORT_ERROR is None:
         """Small grids: the whole rfft2 and the whole inverse are one matrix each
         (``dft_matrices.dense_maps``), so a batch element is two products on a (BLOCK_C,
         H*W) tile with channels as rows; no regrouping between stages."""
-        c0 = tl.program_id(0).to(tl.int64) * BLOCK_C
-        b_start = tl.program_id(1).to(tl.int64) * BATCH_PER_PROGRAM
+        c0, group = _program_block(C, BLOCK_C)
+        b_start = group * BATCH_PER_PROGRAM
         b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
         n_channels = C - c0
         f_hi, f_lo = _dense_map(fwd_map_ptr, H * W, 2 * H * WK, 2 * H * WK, 1, HW, SD,
@@ -597,8 +604,7 @@ if _TRITON_IMPORT_ERROR is None:
     ):
         """The adjoint of ``_dense_forward_kernel``: the transposed maps, dK as in the
         separable backward (conj(X) D summed over the group's batch elements in order)."""
-        c0 = tl.program_id(0).to(tl.int64) * BLOCK_C
-        group = tl.program_id(1).to(tl.int64)
+        c0, group = _program_block(C, BLOCK_C)
         b_start = group * BATCH_PER_PROGRAM
         b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
         n_channels = C - c0
@@ -880,7 +886,7 @@ def spectral_gate_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     mats = kernel_matrices(h, w, x.device)
     kernel = kernel_function("forward", h, w, tuned=not INTERPRETED)
     groups = triton.cdiv(b, BATCH_PER_PROGRAM)
-    grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), groups)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]) * groups,)  # noqa: E731
     with _device_guard(x):
         kernel[grid](**forward_arguments(x, weight, y, mats), **_interpreter_config(x))
     return y
@@ -898,7 +904,7 @@ def spectral_gate_triton_backward(
     mats = kernel_matrices(h, w, x.device)
     grad_k_partials = _empty((groups, h, wk, c, 2), dtype=torch.float32, device=x.device)
     kernel = kernel_function("backward", h, w, tuned=not INTERPRETED)
-    grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), groups)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]) * groups,)  # noqa: E731
     with _device_guard(x):
         kernel[grid](**backward_arguments(grad_y, x, weight, grad_x, grad_k_partials, mats),
                      **_interpreter_config(x))
