@@ -39,14 +39,12 @@ import bisect
 import math
 import re
 import statistics
-import subprocess
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from spectformer_kernels.triton_compile import tool
+from spectformer_kernels.triton_compile import run_on_cubin
 
 CLASSES = ("tensor", "fp32", "global", "shared", "local", "other")
 
@@ -130,15 +128,7 @@ def parse(text: str) -> dict:
 
 
 def disassemble(cubin: bytes) -> dict:
-    nvdisasm = tool("nvdisasm")
-    if nvdisasm is None:
-        raise FileNotFoundError("nvdisasm not found (Triton's NVIDIA backend or a CUDA toolkit)")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.cubin"
-        path.write_bytes(cubin)
-        text = subprocess.run([nvdisasm, "-c", "-gi", str(path)], capture_output=True,
-                              text=True, check=True).stdout
-    return parse(text)
+    return parse(run_on_cubin("nvdisasm", ["-c", "-gi"], cubin))
 
 
 # ---- instruction classes ----------------------------------------------------------------

@@ -361,14 +361,24 @@ if _TRITON_IMPORT_ERROR is None:
     @triton.jit
     def _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p, H: tl.constexpr,
                      WK: tl.constexpr, HP: tl.constexpr, S: tl.constexpr,
-                     BLOCK_C: tl.constexpr):
-        """K's real and imaginary parts as (HP, BLOCK_C * S // 2) fp32 tiles, columns (c, k)."""
+                     BLOCK_C: tl.constexpr, SCALE: tl.constexpr):
+        """K's real and imaginary parts as (HP, BLOCK_C * S // 2) fp32 tiles, columns (c, k),
+        ``_normalized`` per channel, and the factor that undoes it."""
         hh, cc, kk, mask = _spectrum_offsets(n_channels, H, WK, HP, S, BLOCK_C)
         k_ptr = weight_ptr + c0 * sk_c + hh * sk_h + cc * sk_c + kk * sk_k
         k_re = tl.load(k_ptr, mask=mask, other=0.0).to(tl.float32)
         k_im = tl.load(k_ptr + sk_p, mask=mask, other=0.0).to(tl.float32)
-        return (tl.reshape(k_re, (HP, BLOCK_C * (S // 2))),
-                tl.reshape(k_im, (HP, BLOCK_C * (S // 2))))
+        return _normalized_filter(tl.reshape(k_re, (HP, BLOCK_C * (S // 2))),
+                                  tl.reshape(k_im, (HP, BLOCK_C * (S // 2))), HP, BLOCK_C,
+                                  S // 2, SCALE)
+
+    @triton.jit
+    def _load_h_matrices(h_fwd_ptr, H: tl.constexpr, HP: tl.constexpr,
+                         DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
+        """Re Fh and Im Fh, split: the (h, h') blocks of the interleaved real form."""
+        re_hi, re_lo = _load_matrix(h_fwd_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE, SPLIT)
+        im_hi, im_lo = _load_matrix(h_fwd_ptr, 2 * H, 4 * H, 2, H, H, HP, HP, DOT_DTYPE, SPLIT)
+        return re_hi, re_lo, im_hi, im_lo
 
     @triton.jit
     def _spectrum(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, HP: tl.constexpr,
@@ -407,13 +417,10 @@ if _TRITON_IMPORT_ERROR is None:
                                       DOT_DTYPE, SPLIT)
         m4_hi, m4_lo = _load_w_matrix(w_inv_ptr, WK, 1, 2 * WK, W, WK, WP, S, True,
                                       DOT_DTYPE, SPLIT)
-        fh_re_hi, fh_re_lo = _load_matrix(h_fwd_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE,
-                                          SPLIT)
-        fh_im_hi, fh_im_lo = _load_matrix(h_fwd_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
-                                          DOT_DTYPE, SPLIT)
-        k_re, k_im = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
-                                  H, WK, HP, S, BLOCK_C)
-        k_re, k_im, k_unscale = _normalized_filter(k_re, k_im, HP, BLOCK_C, S // 2, SCALE)
+        fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo = _load_h_matrices(h_fwd_ptr, H, HP, DOT_DTYPE,
+                                                                  SPLIT)
+        k_re, k_im, k_unscale = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
+                                             H, WK, HP, S, BLOCK_C, SCALE)
 
         for b in range(b_start, b_end):
             x = _load_grid(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
@@ -454,13 +461,10 @@ if _TRITON_IMPORT_ERROR is None:
                                         DOT_DTYPE, SPLIT)
         m4t_hi, m4t_lo = _load_w_matrix(w_inv_ptr, WK, 1, 2 * WK, W, WK, WP, S, False,
                                         DOT_DTYPE, SPLIT)
-        fh_re_hi, fh_re_lo = _load_matrix(h_fwd_ptr, 0, 4 * H, 2, H, H, HP, HP, DOT_DTYPE,
-                                          SPLIT)
-        fh_im_hi, fh_im_lo = _load_matrix(h_fwd_ptr, 2 * H, 4 * H, 2, H, H, HP, HP,
-                                          DOT_DTYPE, SPLIT)
-        k_re, k_im = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
-                                  H, WK, HP, S, BLOCK_C)
-        k_re, k_im, k_unscale = _normalized_filter(k_re, k_im, HP, BLOCK_C, S // 2, SCALE)
+        fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo = _load_h_matrices(h_fwd_ptr, H, HP, DOT_DTYPE,
+                                                                  SPLIT)
+        k_re, k_im, k_unscale = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
+                                             H, WK, HP, S, BLOCK_C, SCALE)
 
         dk_re = tl.zeros((HP, N), dtype=tl.float32)
         dk_im = tl.zeros((HP, N), dtype=tl.float32)
@@ -537,11 +541,13 @@ if _TRITON_IMPORT_ERROR is None:
     @triton.jit
     def _dense_load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
                            H: tl.constexpr, WK: tl.constexpr, SD: tl.constexpr,
-                           BLOCK_C: tl.constexpr):
+                           BLOCK_C: tl.constexpr, SCALE: tl.constexpr):
+        """``_load_filter`` for the dense-map tiles: (BLOCK_C, SD // 2), columns (h, k)."""
         cc, hh, kk, mask = _dense_spectrum_offsets(n_channels, H, WK, SD, BLOCK_C)
         k_ptr = weight_ptr + (c0 + cc) * sk_c + hh * sk_h + kk * sk_k
-        return (tl.load(k_ptr, mask=mask, other=0.0).to(tl.float32),
-                tl.load(k_ptr + sk_p, mask=mask, other=0.0).to(tl.float32))
+        return _normalized_filter(tl.load(k_ptr, mask=mask, other=0.0).to(tl.float32),
+                                  tl.load(k_ptr + sk_p, mask=mask, other=0.0).to(tl.float32),
+                                  1, BLOCK_C, SD // 2, SCALE)
 
     @triton.jit
     def _dense_map(ptr, n_in, n_out, stride_in, stride_out, ROWS: tl.constexpr,
@@ -580,9 +586,8 @@ if _TRITON_IMPORT_ERROR is None:
                                 DOT_DTYPE, SPLIT)
         g_hi, g_lo = _dense_map(inv_map_ptr, 2 * H * WK, H * W, H * W, 1, SD, HW,
                                 DOT_DTYPE, SPLIT)
-        k_re, k_im = _dense_load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
-                                        H, WK, SD, BLOCK_C)
-        k_re, k_im, k_unscale = _normalized_filter(k_re, k_im, 1, BLOCK_C, SD // 2, SCALE)
+        k_re, k_im, k_unscale = _dense_load_filter(weight_ptr, c0, n_channels, sk_h, sk_k,
+                                                   sk_c, sk_p, H, WK, SD, BLOCK_C, SCALE)
         for b in range(b_start, b_end):
             x = _dense_load(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
                             H, W, HW, BLOCK_C)
@@ -614,9 +619,8 @@ if _TRITON_IMPORT_ERROR is None:
                                   DOT_DTYPE, SPLIT)
         gt_hi, gt_lo = _dense_map(inv_map_ptr, H * W, 2 * H * WK, 1, H * W, HW, SD,
                                   DOT_DTYPE, SPLIT)
-        k_re, k_im = _dense_load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
-                                        H, WK, SD, BLOCK_C)
-        k_re, k_im, k_unscale = _normalized_filter(k_re, k_im, 1, BLOCK_C, SD // 2, SCALE)
+        k_re, k_im, k_unscale = _dense_load_filter(weight_ptr, c0, n_channels, sk_h, sk_k,
+                                                   sk_c, sk_p, H, WK, SD, BLOCK_C, SCALE)
         dk_re = tl.zeros((BLOCK_C, SD // 2), dtype=tl.float32)
         dk_im = tl.zeros((BLOCK_C, SD // 2), dtype=tl.float32)
         for b in range(b_start, b_end):  # fixed order, so dK partials are reproducible

@@ -112,17 +112,22 @@ def compile_config(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
                           options=options.__dict__)
 
 
-def cubin_resources(cubin: bytes) -> dict:
-    """{function: registers, stack frame, local and static shared bytes} from
-    ``cuobjdump -res-usage`` (Triton's bundled copy)."""
-    cuobjdump = tool("cuobjdump")
-    if cuobjdump is None:
-        raise FileNotFoundError("cuobjdump not found (Triton's NVIDIA backend or a CUDA toolkit)")
+def run_on_cubin(name: str, flags: list, cubin: bytes) -> str:
+    """The standard output of NVIDIA tool ``name`` (``tool``) run with ``flags`` on a cubin."""
+    path_of_tool = tool(name)
+    if path_of_tool is None:
+        raise FileNotFoundError(f"{name} not found (Triton's NVIDIA backend or a CUDA toolkit)")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(cubin)
-        text = subprocess.run([cuobjdump, "-res-usage", str(path)], capture_output=True,
+        return subprocess.run([path_of_tool, *flags, str(path)], capture_output=True,
                               text=True, check=True).stdout
+
+
+def cubin_resources(cubin: bytes) -> dict:
+    """{function: registers, stack frame, local and static shared bytes} from
+    ``cuobjdump -res-usage`` (Triton's bundled copy)."""
+    text = run_on_cubin("cuobjdump", ["-res-usage"], cubin)
     out, name = {}, None
     for line in text.splitlines():
         m = re.match(r"\s*Function (\S+):", line)

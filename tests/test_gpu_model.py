@@ -25,7 +25,7 @@ MODEL_CSV = ROOT / "benchmarks" / "results" / "gpu_model_sm_90a.csv"
 def _tools_missing():
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
-    from benchmarks.sass import tool
+    from spectformer_kernels.triton_compile import tool
 
     for name in ("nvdisasm", "cuobjdump"):
         if tool(name) is None:
