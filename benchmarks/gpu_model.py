@@ -262,6 +262,16 @@ def _counts_from(result: dict, warps: int) -> sass.Counts:
     return counts
 
 
+def _sector_waste(block_c: int, c: int, itemsize: int) -> float:
+    """L2 traffic per useful byte of a channels-last tile of ``block_c`` of ``c`` channels.
+    L2 hands out 32-byte sectors: a channel run narrower than that (a few channels of one
+    (h, w) position) drags the neighbouring block's channels along, to another CTA that
+    fetches them again; DRAM still sees each byte once while the sectors stay in L2."""
+    if block_c >= c:  # the whole channel row, and rows of neighbouring w, are this tile's
+        return 1.0
+    return max(1.0, 32 / (block_c * itemsize))
+
+
 def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
                    block_c: int, warps: int, result: dict) -> list:
     """The launches of one Triton config with their bytes (access pattern of the kernels in
@@ -274,7 +284,9 @@ def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
     filt = h * wk * c * 8  # complex_weight, fp32 (re, im)
     blocks = math.ceil(c / block_c)
     tile = block_c * h * w * e
-    filt_tile = h * wk * min(block_c, c) * 8
+    sector = _sector_waste(block_c, c, e)  # x, dy, y and dx
+    # K's (re, im) pairs: 8 bytes a channel (the two loads of one sector meet in L1)
+    filt_tile = h * wk * min(block_c, c) * 8 * _sector_waste(block_c, c, 8)
     dense = tb.uses_dense_map(h, w)
     if dense:  # the two dense maps, (H*W, 2*H*Wk) each way
         mats = 2 * (h * w * 2 * h * wk) * 4
@@ -288,7 +300,7 @@ def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
         launch = Launch("triton forward", ctas, 32 * warps, result["registers"],
                         result["shared"], result["stack_bytes"], counts,
                         dram_bytes=2 * n * e + filt + mats,
-                        l2_bytes=2 * n * e + ctas * (filt_tile + mats),
+                        l2_bytes=2 * n * e * sector + ctas * (filt_tile + mats),
                         inflight_per_warp=tile / warps, notes=notes)
         _local_traffic(launch)
         return [launch]
@@ -298,7 +310,8 @@ def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
     launch = Launch("triton backward", ctas, 32 * warps, result["registers"], result["shared"],
                     result["stack_bytes"], counts,
                     dram_bytes=3 * n * e + filt + mats + partials,
-                    l2_bytes=3 * n * e + ctas * (filt_tile + mats) + partials,
+                    l2_bytes=3 * n * e * sector + ctas * (filt_tile + mats)
+                    + partials * _sector_waste(block_c, c, 8),
                     inflight_per_warp=2 * tile / warps, notes=notes)
     _local_traffic(launch)
     reduce = Launch("dK partial sum (torch)", dram_bytes=partials + filt,
@@ -612,9 +625,7 @@ def _cufftdx_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int
                                                 CUFFTDX_SOURCE.read_text()).group(1)))
     loads = _grid_stride(total, threads, batch_loads * threads)  # load_tile's batched loop
     vectors = gs(total)
-    # L2 hands out 32-byte sectors: a CT-channel row narrower than that (CT=4 at 48 and 56)
-    # drags the neighbouring tile's channels along; DRAM still sees each byte once.
-    sector = max(1.0, 32 / (ct * e))
+    sector = _sector_waste(ct, c, e)
     skip = _cufftdx_skip(dtype)
     ctas = plan["tiles"] * plan["slots"]
     inflight = 32 * vec_bytes * _loads_in_flight(functions[name], "load_tile", "first < kTotal",

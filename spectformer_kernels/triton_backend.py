@@ -37,6 +37,13 @@ slots are summed over a fixed axis afterwards, so ``dK`` is bitwise reproducible
 Padding: Triton tiles have power-of-two sides and dot operands at least 16 along each axis,
 so tiles are padded *inside the kernel* with masked loads; tensors in HBM are never padded.
 
+The limit of this design is the channel block: the whole grid of each channel lives in
+registers, so BLOCK_C shrinks as the grid grows (4 at 28x28, 1 at 56x56), and a
+channels-last tile of fewer than 32 bytes of channels (16 bf16, 8 fp32) uses only part of
+each 32-byte L2 sector it pulls; the rest is fetched again by the neighbouring block's
+program. The GPU model counts that waste: from 28x28 these kernels are L2-bound and the
+cuFFTDx kernels, which stage wider channel tiles in shared memory, are faster.
+
 Precision
 ---------
 * bf16: operands in bf16 (fp32's exponent range, so nothing overflows), about 5e-3 against

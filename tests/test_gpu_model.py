@@ -157,6 +157,36 @@ def test_model_rows_of_the_cufftdx_kernels():
     assert rows["fp32 fwd"]["launches"] == 1
 
 
+_SECTOR_BYTES = """
+import json
+from benchmarks import gpu_model as g
+result = {"registers": 64, "shared": 0, "stack_bytes": 0, "by_class": {}, "tensor_flops": 0,
+          "mma_sync_flops": 0, "shared_bytes": 0, "local_bytes": 0, "unresolved": []}
+rows = {}
+for kernel in ("forward", "backward"):
+    for block_c in (1, 8, 16, 64):
+        launch = g._triton_launch(kernel, "bf16", 8, 28, 28, 64, block_c, 4, result)[0]
+        rows[f"{kernel} {block_c}"] = [launch.dram_bytes, launch.l2_bytes]
+print(json.dumps(rows))
+"""
+
+
+def test_triton_l2_bytes_count_the_sectors_a_narrow_channel_tile_wastes():
+    """Channels-last: a tile of BLOCK_C bf16 channels uses 2*BLOCK_C bytes of each 32-byte
+    sector it pulls from L2 (the rest belongs to another program); DRAM sees each byte once."""
+    done = subprocess.run([sys.executable, "-c", _SECTOR_BYTES], capture_output=True,
+                          text=True, env=_compiler_env(), timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    for kernel, images in (("forward", 2), ("backward", 3)):
+        moved = images * 8 * 28 * 28 * 64 * 2  # x (and dy) read, y (dx) written, bf16
+        dram = {bc: rows[f"{kernel} {bc}"][0] for bc in (1, 8, 16, 64)}
+        l2 = {bc: rows[f"{kernel} {bc}"][1] for bc in (1, 8, 16, 64)}
+        assert len(set(dram.values())) == 1 and dram[1] > moved  # DRAM: once, plus K, matrices
+        assert l2[1] > 16 * moved and 2 * moved < l2[8] < 3 * moved, (kernel, l2)
+        assert moved < l2[16] < 1.5 * moved and moved < l2[64] < 1.5 * moved, (kernel, l2)
+
+
 def test_reference_sequence_follows_pytorchs_cuda_fft_path():
     from benchmarks.torch_fft_sequence import sequence
 
