@@ -144,7 +144,6 @@ def _cuda_extension():
         sources=[
             "csrc/binding.cpp",
             "csrc/cufftdx_gate.cu",
-            "csrc/fused_dft.cu",
             "csrc/cufft_gate.cu",
         ],
         include_dirs=[str(CSRC), str(cufft.include_dir), *cb_includes,

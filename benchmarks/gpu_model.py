@@ -5,7 +5,7 @@
 
 EVERYTHING THIS PRINTS IS A STATIC MODEL PREDICTION FOR AN H100 SXM, NOT A MEASUREMENT.
 
-For each path (the Triton kernels per autotune config, the CUDA extension's cuFFTDx, fused
+For each path (the Triton kernels per autotune config, the CUDA extension's cuFFTDx
 and cuFFT paths, and the ``reference`` torch.fft sequence), each shape, dtype and direction (fwd,
 bwd) at ``--batch`` (default 128), it
 
@@ -19,7 +19,7 @@ bwd) at ``--batch`` (default 128), it
    trip counts derived here from the launch arguments; a loop it cannot resolve is
    reported (column ``notes``);
 4. computes bytes from the access pattern of each kernel (``_triton_launch``,
-   ``_fused_launches``, ``_cufftdx_launches``, ``_cufft_launches``, ``torch_fft_sequence``):
+   ``_cufftdx_launches``, ``_cufft_launches``, ``torch_fft_sequence``):
    DRAM bytes (every tensor read or written once, the filter and DFT matrices once, dK
    partials, spills that do not fit on chip) and L2 bytes (all SM<->L2 traffic: the DRAM
    bytes plus every CTA's re-read of the filter and matrices, sector waste of strided
@@ -80,6 +80,7 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 PACKAGE = ROOT / "spectformer_kernels"
 LABEL = "static model prediction (H100 SXM), not a measurement"
 DTYPES = ("bf16", "fp16", "fp32")
+BACKENDS = ("triton", "cuda_cufftdx", "cuda_cufft", "reference")  # the paths it models
 ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2}
 FIELDS = [
     "kind", "arch", "backend", "shape", "batch", "dtype", "direction", "config", "registers",
@@ -363,7 +364,6 @@ def _function(functions: dict, pattern: str) -> str:
     return matches[0]
 
 
-_CUDA_TYPE = {"fp32": "If", "bf16": "I13__nv_bfloat16", "fp16": "I6__half"}
 
 
 def _grid_stride(n: float, threads: int, total_threads: Optional[int] = None) -> float:
@@ -402,83 +402,6 @@ def _count_cuda(fn: sass.Function, threads: int, trips: dict, skip=None) -> sass
     counts = sass.Counts()
     counts.add(sass.count(fn, resolve, skip=skip), threads // 32)
     return counts
-
-
-def _fused_plan(direction: str, batch: int, h: int, w: int, c: int) -> dict:
-    """The fused launcher's choices (``csrc/fused_dft.cu``: channel_block, backward_launch)."""
-    wk = w // 2 + 1
-    buffers, budget = (2, 64 * 1024) if direction == "fwd" else (4, 112 * 1024)
-
-    def smem(cb):
-        return (4 * 64 + buffers * h * wk * 2 * cb) * 4
-
-    cb = 32
-    while cb > 1 and cb // 2 >= c:
-        cb //= 2
-    while cb >= 1 and smem(cb) > budget:
-        cb //= 2
-    plan = {"cb": cb, "smem": smem(cb) if cb else 0, "blocks": math.ceil(c / cb) if cb else 0}
-    if direction == "bwd" and cb:
-        wanted = math.ceil(2 * K("sms") / plan["blocks"])
-        chunks = max(1, min(batch, wanted))
-        plan["chunk"] = math.ceil(batch / chunks)
-        plan["chunks"] = math.ceil(batch / plan["chunk"])
-    return plan
-
-
-def _fused_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int, w: int,
-                    c: int) -> list:
-    functions, resources = cuda["fused"]
-    plan = _fused_plan(direction, batch, h, w, c)
-    if not plan["cb"]:
-        return []
-    e, wk, cb, threads = ITEMSIZE[dtype], w // 2 + 1, plan["cb"], 256
-    n = batch * h * w * c
-    filt = h * wk * c * 8
-    real, spec = h * w * cb, h * wk * cb
-    gs = lambda m: _grid_stride(m, threads)  # noqa: E731
-    trips = {
-        ("build_twiddles", "j < W"): gs(w), ("build_twiddles", "j < H"): gs(h),
-        ("load_tile", "i < n"): gs(real), ("dft_along_w", "i < n"): gs(spec),
-        ("dft_along_h", "i < n"): gs(spec), ("inverse_along_w_store", "i < n"): gs(real),
-        ("dft_along_w", "w < d.W"): w, ("dft_along_h", "hp < d.H"): h,
-        ("inverse_along_w_store", "k < d.Wk"): wk,
-    }
-    kind = "forward" if direction == "fwd" else "backward"
-    name = _function(functions, f"fused_{kind}_kernel{_CUDA_TYPE[dtype]}E")
-    res = resources[name]
-    # grid-stride loads: each thread has one element in flight at a time
-    inflight = 32 * e
-    if direction == "fwd":
-        trips[("fused_forward_kernel", "b < B")] = math.ceil(batch / min(batch, 65535))
-        ctas = plan["blocks"] * min(batch, 65535)
-        counts = _count_cuda(functions[name], threads, trips)
-        return [Launch("fused forward", ctas, threads, res["registers"],
-                       plan["smem"] + res["static_shared"], res["stack_bytes"], counts,
-                       dram_bytes=2 * n * e + filt, l2_bytes=2 * n * e + ctas * h * wk * cb * 8,
-                       inflight_per_warp=inflight)]
-    trips[("fused_backward_kernel", "b = b_begin")] = plan["chunk"]
-    trips[("fused_backward_kernel", "i < spec_elems")] = gs(2 * spec)
-    ctas = plan["blocks"] * plan["chunks"]
-    partials = plan["chunks"] * filt if plan["chunks"] > 1 else 0
-    counts = _count_cuda(functions[name], threads, trips)
-    launches = [Launch("fused backward", ctas, threads, res["registers"],
-                       plan["smem"] + res["static_shared"], res["stack_bytes"], counts,
-                       dram_bytes=3 * n * e + filt + (partials or filt),
-                       l2_bytes=3 * n * e + ctas * plan["chunk"] * h * wk * cb * 8
-                       + (partials or filt), inflight_per_warp=inflight)]
-    if partials:
-        elems = filt // 4
-        blocks = min(math.ceil(elems / threads), 4096)
-        sname = _function(functions, "sum_partials_kernel")
-        strips = {("sum_partials_kernel", "j < n"): _grid_stride(elems, threads,
-                                                                blocks * threads),
-                  ("sum_partials_kernel", "p < chunks"): plan["chunks"]}
-        launches.append(Launch("sum_partials", blocks, threads, resources[sname]["registers"],
-                               0, 0, _count_cuda(functions[sname], threads, strips),
-                               dram_bytes=partials + filt, l2_bytes=partials + filt,
-                               inflight_per_warp=32 * 4))
-    return launches
 
 
 def _cufft_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int, w: int,
@@ -773,8 +696,9 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
     # 2. CUDA sources.
     cuda: dict = {}
     try:
-        cuda["fused"] = compile_cuda("fused_dft.cu", arch, [])
-        log("# compiled csrc/fused_dft.cu with nvcc")
+        if nvcc_path() is None:
+            raise FileNotFoundError("nvcc not found")
+        cuda["nvcc"] = True  # the cuFFT rows need nvcc only for the gate kernel's counts
         location = _csrc_paths().find_cufft()
         if location is not None:
             cuda["cufft"] = compile_cuda("cufft_gate.cu", arch, [location.include_dir])
@@ -828,19 +752,12 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
                     rows.append({**base, "backend": "triton", "config": "declined",
                                  "notes": tb.no_config_reason(kernel, dtype, h, w)
                                  + (f" ({len(declined)} candidates)" if declined else "")})
-                if "fused" in cuda and max(h, w) <= cuda_backend.FUSED_MAX_SIZE:
-                    plan = _fused_plan(direction, batch, h, w, c)
-                    cfg = f"CB={plan['cb']}" + (f",chunks={plan['chunks']}"
-                                                if direction == "bwd" else "")
-                    rows.append({**base, "backend": "cuda_fused", "config": cfg,
-                                 **predict(_fused_launches(cuda, direction, dtype, batch, h, w,
-                                                           c))})
                 if "cufftdx" in cuda and (h, w) in cuda_backend.SOURCE_CUFFTDX_GRIDS:
                     rows.append({**base, "backend": "cuda_cufftdx", "config": _cufftdx_config(
                                      direction, batch, h, c, cuda["cufftdx"]),
                                  **predict(_cufftdx_launches(cuda, direction, dtype, batch, h, w,
                                                              c))})
-                if "fused" in cuda:
+                if "nvcc" in cuda:
                     rows.append({**base, "backend": "cuda_cufft", "config": "LTO callbacks",
                                  **predict(_cufft_launches(cuda, direction, dtype, batch, h, w,
                                                            c))})
@@ -909,7 +826,7 @@ def table(rows: list) -> str:
 
 def _merge_csv(path: Path, rows: list) -> list:
     """Rows of this run replace the old rows of the same path, shape, batch, dtype and
-    direction; other rows are kept."""
+    direction; other rows are kept, except those of paths the model no longer has."""
     def key(r):
         return r["backend"], r["shape"], str(r["batch"]), r["dtype"], r["direction"]
 
@@ -917,7 +834,8 @@ def _merge_csv(path: Path, rows: list) -> list:
     old = []
     if path.exists():
         with path.open(newline="") as f:
-            old = [r for r in csv.DictReader(f) if key(r) not in new]
+            old = [r for r in csv.DictReader(f)
+                   if key(r) not in new and r["backend"] in BACKENDS]
     merged = old + [{k: r.get(k, "") for k in FIELDS} for r in rows]
     order = {s: i for i, s in enumerate(f"{h}x{w}x{c}" for h, w, c in SHAPES.values())}
     merged.sort(key=lambda r: (order.get(r["shape"], 99), r["shape"], r["dtype"],
@@ -936,7 +854,7 @@ def plot(rows: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["dtype"], r["direction"]) for r in rows})
-    backends = ["triton", "cuda_cufftdx", "cuda_fused", "cuda_cufft", "reference"]
+    backends = BACKENDS
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, 3.2 * len(panels)), squeeze=False)
     for ax, (dtype, direction) in zip(axes[:, 0], panels):

@@ -80,7 +80,7 @@ TRITON_TESTS=$(ls tests/test_triton*.py 2>/dev/null | tr '\n' ' ')
 step tests 150 python -m pytest -q --maxfail=20 -rs tests/test_cuda_backend.py $TRITON_TESTS \
   --junitxml="$OUT/tests.xml"
 
-# 3. Kernel benchmark: every available backend (cuda, cuda_cufftdx, cuda_fused, cuda_cufft,
+# 3. Kernel benchmark: every available backend (cuda, cuda_cufftdx, cuda_cufft,
 #    triton, reference, dft), the shapes of benchmarks/shapes.py, fp32 and bf16, fwd and fwd+bwd.
 step benchmark 150 python -m benchmarks.spectral_gate --device cuda --out "$OUT" --plot
 # The measured table next to the static model's predictions (OUT/model_vs_measured.csv, with

@@ -18,6 +18,8 @@ import argparse
 import csv
 from pathlib import Path
 
+from spectformer_kernels.cuda_backend import cuda_path
+
 MODEL = Path(__file__).resolve().parent / "results" / "gpu_model_sm_90a.csv"
 FIELDS = ["device", "backend", "shape", "batch", "dtype", "mode", "measured_us",
           "predicted_us", "measured_over_predicted", "model_bound", "commit"]
@@ -34,9 +36,9 @@ def compare(measured_csv: Path, model_csv: Path = MODEL) -> list:
     with measured_csv.open() as f:
         for m in csv.DictReader(f):
             backend = m["backend"]
-            if backend == "cuda":  # the cuda backend runs its fused path up to 32x32
-                h = int(m["shape"].split("x")[0])
-                backend = "cuda_fused" if h <= 32 else "cuda_cufft"
+            if backend == "cuda":  # the path the cuda backend runs for this grid
+                h, w = (int(n) for n in m["shape"].split("x")[:2])
+                backend = f"cuda_{cuda_path(h, w)}"
             key = (backend, m["shape"], m["batch"], m["dtype"])
             parts = [predicted.get((*key, d)) for d in
                      (("fwd",) if m["mode"] == "fwd" else ("fwd", "bwd"))]

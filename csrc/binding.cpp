@@ -7,7 +7,7 @@
 //   spectformer_cuda::spectral_gate_backward(Tensor grad_out, Tensor x, Tensor weight,
 //                                            str path) -> (Tensor, Tensor)
 // with CUDA kernels and Meta kernels (shapes only), and no autograd of their own: gradients
-// flow through the public op. `path` is "cufftdx", "fused" or "cufft".
+// flow through the public op. `path` is "cufftdx" or "cufft".
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -59,7 +59,7 @@ void check_device(const at::Tensor& t, const at::Tensor& x, const char* name) {
                     "), got ", t.device());
 }
 
-enum class Path { kCufftdx, kFused, kCufft };
+enum class Path { kCufftdx, kCufft };
 
 Path parse_path(c10::string_view path, const GateShape& shape) {
   if (path == "cufftdx") {
@@ -68,12 +68,7 @@ Path parse_path(c10::string_view path, const GateShape& shape) {
                       " (compiled grids: see spectformer_kernels._C.cufftdx_grids)");
     return Path::kCufftdx;
   }
-  if (path == "fused") {
-    TORCH_CHECK_VALUE(spectformer::fused_supports(shape), "path 'fused' needs H, W <= ",
-                      spectformer::kFusedMaxSize, ", got H=", shape.height, ", W=", shape.width);
-    return Path::kFused;
-  }
-  TORCH_CHECK_VALUE(path == "cufft", "path must be 'cufftdx', 'fused' or 'cufft', got '",
+  TORCH_CHECK_VALUE(path == "cufft", "path must be 'cufftdx' or 'cufft', got '",
                     std::string(path), "'");
   return Path::kCufft;
 }
@@ -82,10 +77,6 @@ int device_attribute(cudaDeviceAttr attr, const at::Tensor& on) {
   int value = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, on.get_device()));
   return value;
-}
-
-int max_shared_bytes(const at::Tensor& on) {
-  return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, on);
 }
 
 void check_status(const spectformer::Status& status) {
@@ -110,10 +101,6 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight, c10::stri
     const int num_sms = device_attribute(cudaDevAttrMultiProcessorCount, x);
     check_status(spectformer::cufftdx_forward(shape, dtype, x.data_ptr(), strides_of(x),
                                               k.data_ptr<float>(), y.data_ptr(), num_sms, stream));
-  } else if (which == Path::kFused) {
-    const int max_shared = max_shared_bytes(x);
-    check_status(spectformer::fused_forward(shape, dtype, x.data_ptr(), strides_of(x),
-                                            k.data_ptr<float>(), y.data_ptr(), max_shared, stream));
   } else {
     size_t bytes = 0;
     check_status(spectformer::cufft_forward_workspace_bytes(shape, dtype, stream, &bytes));
@@ -151,15 +138,6 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out, con
         shape, dtype, grad_out.data_ptr(), strides_of(grad_out), x.data_ptr(), strides_of(x),
         k.data_ptr<float>(), grad_x.data_ptr(), grad_weight.data_ptr<float>(),
         bytes ? scratch.data_ptr() : nullptr, bytes, num_sms, stream));
-  } else if (which == Path::kFused) {
-    const int max_shared = max_shared_bytes(x);
-    const int num_sms = device_attribute(cudaDevAttrMultiProcessorCount, x);
-    const size_t bytes = spectformer::fused_backward_workspace_bytes(shape, num_sms, max_shared);
-    at::Tensor scratch = workspace(bytes, x);
-    check_status(spectformer::fused_backward(
-        shape, dtype, grad_out.data_ptr(), strides_of(grad_out), x.data_ptr(), strides_of(x),
-        k.data_ptr<float>(), grad_x.data_ptr(), grad_weight.data_ptr<float>(),
-        bytes ? scratch.data_ptr() : nullptr, num_sms, max_shared, stream));
   } else {
     size_t bytes = 0;
     check_status(spectformer::cufft_backward_workspace_bytes(shape, dtype, stream, &bytes));
@@ -204,7 +182,6 @@ TORCH_LIBRARY_IMPL(spectformer_cuda, Meta, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "CUDA kernels of the spectral gate; importing registers torch.ops.spectformer_cuda";
-  m.attr("fused_max_size") = spectformer::kFusedMaxSize;
   {
     pybind11::list grids;  // the (H, W) grids the cuFFTDx path has kernels for
     for (int64_t n = 1; n <= spectformer::kCufftdxMaxSize; ++n) {

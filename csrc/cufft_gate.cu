@@ -1,4 +1,4 @@
-// cuFFT path of the spectral gate, for token grids too large for the fused kernel.
+// cuFFT path of the spectral gate, for every token grid the cuFFTDx kernels are not compiled for.
 //
 // cuFFT's advanced layout has a single batch distance, but the B*C transforms of a
 // channels-last (B, H, W, C) tensor sit at offsets b*H*W*C + c: no single distance. So the

@@ -6,13 +6,12 @@
 // the H-inverse are ignored). K is fp32 (H, W/2+1, C, 2), contiguous, (real, imag) last.
 // x may have any element strides; every output is contiguous. Computation is in fp32.
 //
-// Three implementations:
+// Two implementations:
 //   cufftdx  one kernel per direction on cuFFTDx thread FFTs, compile-time H and W for the
 //            model grids (cufftdx_gate.cu).
-//   fused    one kernel per direction: a tile of channels in shared memory, DFT as sums
-//            over small twiddle tables, gate, inverse, store (H, W <= kFusedMaxSize).
-//   cufft  one batched R2C and one C2R plan with the gate in a small kernel between, or
-//          (built with SPECTFORMER_CUFFT_LTO_CALLBACKS) inside cuFFT's kernels as callbacks.
+//   cufft    any grid: one batched R2C and one C2R plan with the gate in a small kernel
+//            between, or (built with SPECTFORMER_CUFFT_LTO_CALLBACKS) inside cuFFT's
+//            kernels as callbacks (cufft_gate.cu).
 //
 // Every function returns an empty Status on success, else a sentence saying what failed.
 #pragma once
@@ -43,26 +42,7 @@ struct Strides4 {
   int64_t b, h, w, c;
 };
 
-// ---- fused path ------------------------------------------------------------------
-// Largest H and W the fused kernels accept (size of their twiddle tables).
-constexpr int kFusedMaxSize = 64;
-
-bool fused_supports(const GateShape& shape);
-
-// max_shared_bytes: the device's opt-in shared memory per block.
-Status fused_forward(const GateShape& shape, ScalarType dtype, const void* x, Strides4 x_strides,
-                     const float* weight, void* y, int max_shared_bytes, cudaStream_t stream);
-
-// Scratch bytes fused_backward needs (per-chunk partial sums of dK).
-size_t fused_backward_workspace_bytes(const GateShape& shape, int num_sms,
-                                      int max_shared_bytes);
-
-Status fused_backward(const GateShape& shape, ScalarType dtype, const void* grad_y,
-                      Strides4 grad_y_strides, const void* x, Strides4 x_strides,
-                      const float* weight, void* grad_x, float* grad_weight, void* workspace,
-                      int num_sms, int max_shared_bytes, cudaStream_t stream);
-
-// ---- cuFFTDx path (fused kernel on in-register FFTs, compile-time grids) -----------------
+// ---- cuFFTDx path (one fused kernel on in-register FFTs, compile-time grids) -------------
 // Largest H, W the path can have kernels for (single-precision thread FFTs).
 constexpr int kCufftdxMaxSize = 64;
 

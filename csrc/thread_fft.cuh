@@ -1,4 +1,4 @@
-// The one part of cuFFTDx the fused kernel uses: a complex-to-complex FFT computed by one
+// The one part of cuFFTDx the cuFFTDx kernels use: a complex-to-complex FFT computed by one
 // thread on data in its registers (the Thread operator), in single precision.
 //
 // What the kernel relies on, from the cuFFTDx documentation:

@@ -20,7 +20,7 @@ from .backends import (
 from .reference import oracle, spectral_gate_reference, spectral_gate_reference_backward
 from .dft import spectral_gate_dft, spectral_gate_dft_backward
 from . import triton_backend  # noqa: F401  "triton"
-from . import cuda_backend  # noqa: F401  "cuda", "cuda_cufftdx", "cuda_fused", "cuda_cufft"
+from . import cuda_backend  # noqa: F401  "cuda", "cuda_cufftdx", "cuda_cufft"
 from .ops import spectral_gate
 from .module import SpectralGatingNetwork
 from . import flops

@@ -6,9 +6,9 @@ cut after ``reference`` (no backend predicted slower than ``reference`` is liste
 """
 
 CHOICE: dict = {
-    (7, 7, 768, 'bf16'): ('triton', 'cuda_cufftdx', 'cuda_cufft', 'cuda_fused', 'reference'),
-    (7, 7, 768, 'fp16'): ('triton', 'cuda_cufftdx', 'cuda_cufft', 'cuda_fused', 'reference'),
-    (7, 7, 768, 'fp32'): ('cuda_cufftdx', 'triton', 'cuda_cufft', 'cuda_fused', 'reference'),
+    (7, 7, 768, 'bf16'): ('triton', 'cuda_cufftdx', 'cuda_cufft', 'reference'),
+    (7, 7, 768, 'fp16'): ('triton', 'cuda_cufftdx', 'cuda_cufft', 'reference'),
+    (7, 7, 768, 'fp32'): ('cuda_cufftdx', 'triton', 'cuda_cufft', 'reference'),
     (14, 14, 256, 'bf16'): ('triton', 'cuda_cufftdx', 'cuda_cufft', 'reference'),
     (14, 14, 256, 'fp16'): ('triton', 'cuda_cufftdx', 'cuda_cufft', 'reference'),
     (14, 14, 256, 'fp32'): ('cuda_cufftdx', 'triton', 'cuda_cufft', 'reference'),

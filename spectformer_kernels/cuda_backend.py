@@ -1,31 +1,27 @@
 """The ``cuda`` backend: the compiled extension ``spectformer_kernels._C`` (sources in ``csrc/``).
 
-Three implementations live in the extension:
+Two implementations live in the extension:
 
 * ``cufftdx``: one kernel per direction for the model grids (square 7, 12, 14, 24, 28, 48, 56:
   ``CUFFTDX_GRIDS``), on cuFFTDx thread FFTs with compile-time H and W. A block owns a tile of
   channels and walks the batch: 16-byte loads of the channels-last tile, a real FFT along W
   (two channels as one complex FFT), a complex FFT along H, the gate, the inverses, one
   store; ``dK`` summed over fixed batch chunks in a fixed order.
-* ``fused``: one kernel per direction for grids up to 64x64 (a tile of channels in shared
-  memory, the DFTs as sums over twiddle tables, gate, inverse; ``x`` read once, ``y`` written
-  once; ``dK`` summed over fixed batch chunks in a fixed order, so it is bitwise
-  reproducible).
-* ``cufft``: one batched R2C and one C2R cuFFT plan (cached per shape and device). Built
+* ``cufft``: any grid; one batched R2C and one C2R cuFFT plan (cached per shape and device). Built
   with cuFFT LTO callbacks (``CUFFT_LTO_CALLBACKS``; CUDA 13 toolkits), the channels-last
   gather/cast, the gate and the store run inside cuFFT's kernels; otherwise, or where
   callback plans cannot be made at run time (see ``cufft_callback_failure()``), or with
   ``SPECTFORMER_CUFFT_CALLBACKS=0`` in the environment, a gate kernel runs between the
   transforms, with transposing pack/unpack kernels for the channels-last layout.
 
-The ``cuda`` backend picks one per shape (``cuda_path``); ``cuda_cufftdx``, ``cuda_fused`` and
-``cuda_cufft`` force one, so benchmarks and tests can see each on its own. The extension registers its
+The ``cuda`` backend picks one per shape (``cuda_path``); ``cuda_cufftdx`` and ``cuda_cufft``
+force one, so benchmarks and tests can see each on its own. The extension registers its
 own low-level ops ``torch.ops.spectformer_cuda.spectral_gate_forward/backward`` (CUDA and
 Meta kernels, no autograd); these functions call them from inside the public
 ``spectformer::spectral_gate`` op, which keeps the one public schema, its fake kernel and
 its autograd formula.
 
-Without the built extension (CPU-only installs) this module still imports; the three
+Without the built extension (CPU-only installs) this module still imports; the
 backends then report why they are unavailable.
 """
 
@@ -63,8 +59,6 @@ else:
 SOURCE_CUFFTDX_GRIDS = ((7, 7), (12, 12), (14, 14), (24, 24), (28, 28), (48, 48), (56, 56))
 CUFFTDX_GRIDS = SOURCE_CUFFTDX_GRIDS if _C is None else tuple(
     tuple(g) for g in getattr(_C, "cufftdx_grids", ()))
-# Largest H and W the fused kernels take (their twiddle tables), mirrored from the extension.
-FUSED_MAX_SIZE = 64 if _C is None else int(_C.fused_max_size)
 # Whether the extension was built with the cuFFT LTO callbacks.
 CUFFT_LTO_CALLBACKS = False if _C is None else bool(getattr(_C, "cufft_lto_callbacks", False))
 
@@ -74,22 +68,12 @@ def cufft_callback_failure() -> str:
     or the extension has no callbacks); the ``cufft`` path then used its gate kernel."""
     return "" if _C is None or not CUFFT_LTO_CALLBACKS else str(_C.cufft_callback_failure())
 
-# ``cuda`` uses the fused kernel up to this side, cuFFT above. Pre-measurement rule from
-# a cost model: the fused kernel moves the floor's bytes but does O(H + W) FMAs per element
-# on CUDA cores, the cuFFT path does O(log HW) flops but moves ~5x the floor's bytes
-# (pack, R2C, gate, C2R, unpack); the crossover is estimated between 28 and 56. To be
-# replaced by the GPU benchmark (benchmarks/results).
-FUSED_MAX_SIDE_FOR_AUTO = 32
-
 
 def cuda_path(height: int, width: int) -> str:
     """The implementation the ``cuda`` backend runs for an ``(H, W)`` grid: the cuFFTDx kernel
-    where one is compiled (the static GPU model puts it near the HBM floor, far below the
-    others; to be confirmed by measurement), else the direct-DFT kernel for small grids and
-    cuFFT above."""
-    if (height, width) in CUFFTDX_GRIDS:
-        return "cufftdx"
-    return "fused" if max(height, width) <= FUSED_MAX_SIDE_FOR_AUTO else "cufft"
+    where one is compiled (the static GPU model puts it near the HBM floor, far below
+    cuFFT; to be confirmed by measurement), else cuFFT."""
+    return "cufftdx" if (height, width) in CUFFTDX_GRIDS else "cufft"
 
 
 def availability() -> Reason:
@@ -116,13 +100,6 @@ def supports_cufftdx(x: torch.Tensor, weight: torch.Tensor) -> Reason:
     return reason
 
 
-def supports_fused(x: torch.Tensor, weight: torch.Tensor) -> Reason:
-    reason = supports(x, weight)
-    if reason is None and max(x.shape[1], x.shape[2]) > FUSED_MAX_SIZE:
-        reason = f"the fused kernel takes H, W <= {FUSED_MAX_SIZE}, got {x.shape[1]}x{x.shape[2]}"
-    return reason
-
-
 def _forward(x: torch.Tensor, weight: torch.Tensor, path: str) -> torch.Tensor:
     return torch.ops.spectformer_cuda.spectral_gate_forward(x, weight, path)
 
@@ -141,14 +118,13 @@ def spectral_gate_cuda_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: t
 
 register_backend(Backend(
     "cuda", spectral_gate_cuda, spectral_gate_cuda_backward,
-    "CUDA C++ extension: cuFFTDx fused kernel on the model grids, direct DFT for other small "
-    "grids, cuFFT with a fused gate above",
+    "CUDA C++ extension: cuFFTDx fused kernel on the model grids, cuFFT with a fused gate on "
+    "every other grid",
     availability, supports,
 ))
 # One backend per path, so benchmarks and tests can run each on its own.
 for _path, _description, _supports in (
     ("cufftdx", "cuFFTDx fused kernel only (the compiled model grids)", supports_cufftdx),
-    ("fused", "fused in-kernel DFT path only (H, W <= 64)", supports_fused),
     ("cufft", "cuFFT R2C -> gate kernel -> C2R path only", supports),
 ):
     register_backend(Backend(

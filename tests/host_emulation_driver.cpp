@@ -1,10 +1,10 @@
-// Runs the shipped launchers of csrc/ (fused_dft.cu, cufft_gate.cu, compiled as C++ with
+// Runs the shipped launchers of csrc/ (cufftdx_gate.cu, cufft_gate.cu, compiled as C++ with
 // SPECTFORMER_HOST_EMULATION) on the CPU model of csrc/emulation/, forward and backward, for
 // tests/test_cuda_host_emulation.py.
 //
 //   driver PATH DTYPE ORDER B H W C XS_B XS_H XS_W XS_C GS_B GS_H GS_W GS_C SMS SHARED DIR
 //
-// PATH fused|cufftdx|cufft; DTYPE f32|bf16|f16; ORDER 0|1|2 (thread order, see host_cuda.h);
+// PATH cufftdx|cufft; DTYPE f32|bf16|f16; ORDER 0|1|2 (thread order, see host_cuda.h);
 // XS/GS element strides of x and dy inside the raw buffers DIR/x.bin and DIR/dy.bin; SMS
 // and SHARED the emulated device's SM count and opt-in shared memory per block. Reads
 // DIR/k.bin (fp32 (H, W//2+1, C, 2)); writes DIR/y.bin and DIR/dx.bin (DTYPE, contiguous
@@ -125,15 +125,7 @@ int main(int argc, char** argv) {
     std::memset(dx_ptr, 0xff, out_bytes);
     std::memset(dk_ptr, 0xff, dk_bytes);
   }
-  if (path == "fused") {
-    check(spectformer::fused_forward(s, dtype, x.data, xs, weight, y_ptr, max_shared, nullptr),
-          "fused_forward");
-    const size_t ws = spectformer::fused_backward_workspace_bytes(s, num_sms, max_shared);
-    void* ws_ptr = ws ? poisoned(ws_bwd, ws) : nullptr;
-    check(spectformer::fused_backward(s, dtype, dy.data, gs, x.data, xs, weight, dx_ptr, dk_ptr,
-                                      ws_ptr, num_sms, max_shared, nullptr),
-          "fused_backward");
-  } else if (path == "cufftdx") {
+  if (path == "cufftdx") {
     check(spectformer::cufftdx_forward(s, dtype, x.data, xs, weight, y_ptr, num_sms, nullptr),
           "cufftdx_forward");
     size_t ws = 0;

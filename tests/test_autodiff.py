@@ -243,7 +243,7 @@ NON_FINITE_CASES = [
     if not (backend == "triton" and dtype == torch.float64)
 ] + [  # the GPU kernels, where there is a GPU
     pytest.param(backend, dtype, "cuda", marks=pytest.mark.cuda)
-    for backend in ("cuda", "cuda_cufftdx", "cuda_fused", "cuda_cufft", "triton", "reference")
+    for backend in ("cuda", "cuda_cufftdx", "cuda_cufft", "triton", "reference")
     for dtype in (torch.float32, torch.bfloat16)
     if torch.cuda.is_available() and backend in sk.available_backends()
 ]

@@ -33,7 +33,7 @@ def refused(capsys, main, prog: str, argv: list[str]) -> str:
 @pytest.mark.parametrize("extra,message", [
     (["--clip-grad", "-1"], "--clip-grad must be .* >= 0"),
     (["--backend", "dtf"], "--backend 'dtf' is not a backend"),
-    (["--backend", "cuda_fused"], "--backend 'cuda_fused' cannot run"),
+    (["--backend", "cuda_cufft"], "--backend 'cuda_cufft' cannot run"),
     (["--crop-pct", "0"], r"--crop-pct must be .* in \(0, 1\]"),
     (["--warmup-epochs", "nan"], "--warmup-epochs must be a finite number"),
     (["--warmup-epochs", "-1"], "--warmup-epochs must be"),
@@ -48,7 +48,7 @@ def refused(capsys, main, prog: str, argv: list[str]) -> str:
     (["--data", "no-such-folder"], "--data 'no-such-folder' is neither"),
 ])
 def test_refused_training_flag(tmp_path, capsys, monkeypatch, extra, message):
-    if "cuda_fused" in extra and torch.cuda.is_available():
+    if "cuda_cufft" in extra and torch.cuda.is_available():
         pytest.skip("the backend can run here")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"

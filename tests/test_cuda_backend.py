@@ -25,7 +25,7 @@ from spectformer_kernels import cuda_backend, oracle, spectral_gate
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-CUDA_BACKENDS = ["cuda", "cuda_cufftdx", "cuda_fused", "cuda_cufft"]
+CUDA_BACKENDS = ["cuda", "cuda_cufftdx", "cuda_cufft"]
 
 
 # ---- compile checks (no GPU, no CUDA torch needed) -------------------------------------------
@@ -178,8 +178,8 @@ def test_cuda_path_rule():
     for n in (7, 12, 14, 24, 28, 48, 56):
         if (n, n) in cuda_backend.CUFFTDX_GRIDS:
             assert cuda_backend.cuda_path(n, n) == "cufftdx"
-    assert cuda_backend.cuda_path(14, 12) == "fused"
-    assert cuda_backend.cuda_path(20, 20) == "fused"
+    assert cuda_backend.cuda_path(14, 12) == "cufft"
+    assert cuda_backend.cuda_path(20, 20) == "cufft"
     assert cuda_backend.cuda_path(32, 33) == "cufft"
     assert cuda_backend.cuda_path(96, 96) == "cufft"
 
@@ -224,7 +224,6 @@ def test_supports_explains_why_not():
     assert "CUDA" in cuda_backend.supports(x, weight)
     meta = torch.empty(1, 80, 80, 2, device="meta")
     meta_weight = torch.empty(80, 41, 2, 2, device="meta")
-    assert "CUDA" in cuda_backend.supports_fused(meta, meta_weight)
     assert "CUDA" in cuda_backend.supports_cufftdx(meta, meta_weight)
 
 
@@ -326,8 +325,6 @@ MODEL_SHAPES = [
 
 def _usable(backend, shape):
     _, h, w, _ = shape
-    if backend == "cuda_fused" and max(h, w) > cuda_backend.FUSED_MAX_SIZE:
-        pytest.skip(f"cuda_fused takes H, W <= {cuda_backend.FUSED_MAX_SIZE}")
     if backend == "cuda_cufftdx" and (h, w) not in cuda_backend.CUFFTDX_GRIDS:
         pytest.skip(f"cuda_cufftdx has no kernel for {h}x{w}")
 
@@ -455,12 +452,11 @@ def test_opcheck_and_low_level_errors():
     with pytest.raises(ValueError, match="path must be"):
         forward(x, weight, "nope")
     with pytest.raises(TypeError, match="weight must be float32"):
-        forward(x, weight.double(), "fused")
+        forward(x, weight.double(), "cufft")
     with pytest.raises(ValueError, match="weight must have shape"):
         forward(x, weight[:, :-1], "cufft")
-    with pytest.raises(ValueError, match="path 'fused' needs"):
-        big = torch.randn(1, 65, 65, 1, device="cuda")
-        forward(big, torch.randn(65, 33, 1, 2, device="cuda"), "fused")
+    with pytest.raises(ValueError, match="path 'cufftdx' has no kernel"):
+        forward(x, weight, "cufftdx")  # 6x6: not a compiled grid
 
 
 @needs_cuda_backend
@@ -468,10 +464,9 @@ def test_opcheck_and_low_level_errors():
 def test_sanitizer_subset():
     """Small cases through every path and dtype, forward and backward: the selection the GPU
     session runs under compute-sanitizer (-k sanitizer), where every launch is slow."""
-    for backend in ("cuda_fused", "cuda_cufft"):
-        for dtype in (torch.float32, torch.bfloat16):
-            for shape in ((2, 7, 6, 5), (3, 14, 14, 40), (1, 33, 20, 3)):
-                _check(shape, dtype, backend, fresh_seed())
+    for dtype in (torch.float32, torch.bfloat16):
+        for shape in ((2, 7, 6, 5), (3, 14, 14, 40), (1, 33, 20, 3)):
+            _check(shape, dtype, "cuda_cufft", fresh_seed())
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for shape in ((2, 7, 7, 5), (3, 14, 14, 40), (2, 28, 28, 24), (1, 56, 56, 9)):
             _check(shape, dtype, "cuda_cufftdx", fresh_seed())

@@ -1,9 +1,10 @@
 """The CUDA kernels of ``csrc/``, run on the CPU against the float64 oracle.
 
-``csrc/fused_dft.cu`` and ``csrc/cufft_gate.cu`` are compiled unchanged as C++ with
+``csrc/cufftdx_gate.cu`` and ``csrc/cufft_gate.cu`` are compiled unchanged as C++ with
 ``SPECTFORMER_HOST_EMULATION``: ``csrc/emulation/`` then supplies a sequential model of a
 thread block (each CUDA thread a fiber, run phase by phase between ``__syncthreads``), launch
-checks, bf16/fp16 storage and a strict CPU stand-in for the two cuFFT transforms. The driver
+checks, bf16/fp16 storage, a strict CPU stand-in for the two cuFFT transforms and one for
+the cuFFTDx subset the kernels use. The driver
 calls the shipped launchers (launch configuration, workspace carving, plan cache and all), so
 this checks the index math of every kernel, forward, dx and dK, on awkward shapes on every
 CI run. It cannot see what only hardware shows (timing, real cuFFT, memory model); the GPU
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 DRIVER_SOURCE = Path(__file__).resolve().parent / "host_emulation_driver.cpp"
 STANDIN_DRIVER_SOURCE = Path(__file__).resolve().parent / "cufftdx_standin_driver.cpp"
-KERNEL_SOURCES = ["fused_dft.cu", "cufft_gate.cu", "cufftdx_gate.cu"]
+KERNEL_SOURCES = ["cufft_gate.cu", "cufftdx_gate.cu"]
 CALLBACK_HEADER = "spectformer_cufft_callbacks_fatbin.h"
 H100_SMS = 132
 H100_SHARED = 227 * 1024
@@ -68,17 +69,17 @@ def compile_driver(out_dir: Path, csrc: Path = CSRC, callbacks: bool = False) ->
 
 @pytest.fixture(scope="module")
 def drivers(tmp_path_factory):
-    """Emulation drivers by path name: "fused", "cufft" (gate kernel between the transforms)
-    and "cufft_callbacks" (load/gate/store in cuFFT LTO callbacks)."""
+    """Emulation drivers by path name: "cufftdx", "cufft" (gate kernel between the
+    transforms) and "cufft_callbacks" (load/gate/store in cuFFT LTO callbacks)."""
     if _compiler() is None:
         pytest.skip("no C++ compiler (g++ or clang++) to build the host emulation")
     folder = tmp_path_factory.mktemp("host_emulation")
     plain = compile_driver(folder)
-    return {"fused": plain, "cufft": plain, "cufftdx": plain,
+    return {"cufft": plain, "cufftdx": plain,
             "cufft_callbacks": compile_driver(folder / "callbacks", callbacks=True)}
 
 
-PATHS = ["fused", "cufftdx", "cufft", "cufft_callbacks"]
+PATHS = ["cufftdx", "cufft", "cufft_callbacks"]
 
 
 def _raw(t: torch.Tensor) -> bytes:
@@ -149,22 +150,12 @@ def check_against_oracle(outputs, label):
         assert err <= tol, f"{label} {name}: rel err {err:.2e} > {tol}"
 
 
-# (path, shape, sms, shared): shapes include 1x1, odd, non-square, C not a multiple of the
-# fused kernel's channel block (<= 32) or the transpose tile (32); SM counts and shared
-# budgets chosen to give one and several dK chunks, and smaller channel blocks.
+# (path, shape, sms, shared): shapes include 1x1, 1xN, Nx1, odd, non-square, C not a
+# multiple of the transpose tile (32) or of the cuFFTDx channel tile and vector width; SM
+# counts chosen to give one and several dK chunks.
 CUFFT_SHAPES = [(2, 1, 1, 3), (3, 5, 9, 7), (2, 7, 6, 5), (2, 14, 14, 33), (2, 11, 4, 13),
-                (1, 1, 17, 3), (3, 17, 1, 3), (1, 65, 34, 3)]
-CASES = [
-    ("fused", (2, 1, 1, 3), H100_SMS, H100_SHARED),
-    ("fused", (3, 5, 9, 7), H100_SMS, H100_SHARED),
-    ("fused", (4, 7, 6, 5), 2, H100_SHARED),
-    ("fused", (2, 14, 14, 33), 1, H100_SHARED),
-    ("fused", (5, 14, 14, 40), 3, 48 * 1024),
-    ("fused", (2, 12, 16, 10), H100_SMS, H100_SHARED),
-    ("fused", (1, 1, 17, 3), H100_SMS, H100_SHARED),
-    ("fused", (3, 17, 1, 3), 1, H100_SHARED),
-    ("fused", (1, 64, 63, 2), 1, 99 * 1024),
-] + [(path, shape, H100_SMS, H100_SHARED) for path in ("cufft", "cufft_callbacks")
+                (2, 12, 16, 10), (1, 1, 17, 3), (3, 17, 1, 3), (1, 65, 34, 3)]
+CASES = [(path, shape, H100_SMS, H100_SHARED) for path in ("cufft", "cufft_callbacks")
       for shape in CUFFT_SHAPES] + [
     # cuFFTDx kernels: every compiled grid; C not a multiple of the channel tile or of the
     # vector width (scalar loads), few SMs for several dK chunks.
@@ -230,10 +221,6 @@ def test_results_do_not_depend_on_thread_order(drivers, tmp_path, path):
 # Deliberate bugs, each of which the harness must catch: (file, text, replacement, path,
 # shape). The text must occur exactly once; when a kernel is rewritten, update the mutation.
 MUTATIONS = {
-    "missing_barrier": ("fused_dft.cu", " gate);\n    __syncthreads();\n", " gate);\n", "fused",
-                        (2, 5, 6, 7)),
-    "channel_tail": ("fused_dft.cu", "d.nc = min(CB, C - d.c0);", "d.nc = CB;", "fused",
-                     (2, 5, 6, 7)),
     "hermitian_mirror": ("cufft_gate.cu", "const int hn = gate::mirror_row(h, H);", "const int hn = h + 0 * H;",
                          "cufft", (2, 5, 6, 3)),
     "callback_gate_mirror": ("cufft_callbacks.cu", "const int hn = gate::mirror_row(h, p->H);",

@@ -83,10 +83,10 @@ def test_instruction_counter_reports_loops_it_cannot_resolve():
 def test_source_loops_of_the_cuda_sources():
     from benchmarks.sass import source_loops
 
-    loops = {lp.text: lp for lp in source_loops(str(ROOT / "csrc" / "fused_dft.cu"))}
-    inner = loops["for (int w = 0; w < d.W; ++w) {"]
-    assert inner.end - inner.start == 6  # the braced body, not the whole file
-    one_line = next(lp for text, lp in loops.items() if "dk[i] = 0.f" in text)
+    loops = {lp.text: lp for lp in source_loops(str(ROOT / "csrc" / "cufftdx_gate.cu"))}
+    inner = loops["for (int u = 0; u < kSumBatch; ++u) {"]
+    assert inner.end - inner.start == 2  # the braced body, not the whole file
+    one_line = next(lp for text, lp in loops.items() if "dst[j] = to_float(in[j])" in text)
     assert one_line.start == one_line.end
 
 
