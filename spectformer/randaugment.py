@@ -27,6 +27,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .errors import SettingError
+
 LEVEL_DENOM = 10.0
 BASE_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
             "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
@@ -57,16 +59,16 @@ class RandAugmentPolicy:
 _SECTION = re.compile(r"^(mstd|mmax|inc|m|n|p)(\d+(?:\.\d*)?|\.\d+|inf)$")
 
 
-def parse_policy(spec: str, flag: str = "--aa") -> RandAugmentPolicy:
-    """``"rand-m9-mstd0.5-inc1"`` -> ``RandAugmentPolicy``; a ``ValueError`` naming ``flag``
-    (and the bad section) for anything malformed."""
-    def bad(why: str) -> ValueError:
-        return ValueError(f"{flag} {spec!r}: {why}; expected 'rand' followed by dash-separated "
-                          "sections m<int>, n<int>, mstd<float>, mmax<int>, inc<0|1>, p<float>, "
-                          "e.g. 'rand-m9-mstd0.5-inc1'")
+def parse_policy(spec: str) -> RandAugmentPolicy:
+    """``"rand-m9-mstd0.5-inc1"`` -> ``RandAugmentPolicy``; a ``SettingError`` about
+    ``policy`` naming the bad section for anything malformed."""
+    def bad(why: str) -> SettingError:
+        return SettingError("policy", f"{spec!r}: {why}; expected 'rand' followed by "
+                                      "dash-separated sections m<int>, n<int>, mstd<float>, "
+                                      "mmax<int>, inc<0|1>, p<float>, e.g. 'rand-m9-mstd0.5-inc1'")
 
     if not isinstance(spec, str):
-        raise TypeError(f"{flag} must be a string, got {type(spec).__name__}")
+        raise TypeError(f"policy must be a string, got {type(spec).__name__}")
     parts = spec.strip().split("-")
     if parts[0] != "rand":
         raise bad("only RandAugment ('rand-...') policies are supported")
@@ -306,9 +308,8 @@ class RandAugment:
     translation uncover: the normalisation mean, as timm uses. Returns a new tensor in [0, 1].
     """
 
-    def __init__(self, policy: str | RandAugmentPolicy, fill: Sequence[float] = (0.5, 0.5, 0.5),
-                 flag: str = "--aa"):
-        self.policy = parse_policy(policy, flag) if isinstance(policy, str) else policy
+    def __init__(self, policy: str | RandAugmentPolicy, fill: Sequence[float] = (0.5, 0.5, 0.5)):
+        self.policy = parse_policy(policy) if isinstance(policy, str) else policy
         self.fill = tuple(float(round(255 * v)) for v in fill)
 
     def __repr__(self) -> str:
