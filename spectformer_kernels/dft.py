@@ -231,4 +231,5 @@ def spectral_gate_dft_backward(
 register_backend(Backend(
     "dft", spectral_gate_dft, spectral_gate_dft_backward,
     "separable real DFT as matrix products in plain PyTorch (no complex dtype)",
+    widens_16bit=True,
 ))

@@ -338,16 +338,26 @@ def spectral_gate(
     Returns:
         ``(B, H, W, C)`` in ``x.dtype``, differentiable in ``x`` and ``weight`` to any order,
         in reverse and forward mode and under the ``torch.func`` transforms. Inside an
-        autocast region an fp32 ``x`` is first cast to the autocast dtype, as a matmul's
-        inputs would be.
+        autocast region an fp32 ``x`` gives a result in the autocast dtype, as a matmul
+        would. The backend is chosen for an input in that dtype; a kernel that reads 16-bit
+        inputs gets ``x`` rounded to it, while a backend that computes in fp32 anyway
+        (``reference``, ``dft``) gets the fp32 ``x`` and only its result is rounded, once.
     """
     check_inputs(x, weight)
     autocast_dtype = _autocast_dtype(x)
-    if autocast_dtype is not None and x.dtype == torch.float32:
-        # Like a matmul under autocast: run (and return) in the autocast dtype. The
-        # backends still accumulate in fp32 and the weight stays fp32.
-        x = x.to(autocast_dtype)
-    name = backends.resolve_backend(backend, x, weight)
+    if autocast_dtype is None or x.dtype != torch.float32:
+        return _run(x, weight, backends.resolve_backend(backend, x, weight))
+    # The choice is made for the input a 16-bit kernel would see: x's layout in the
+    # autocast dtype. An empty tensor stands in for it, so nothing is rounded just to ask.
+    name = backends.resolve_backend(backend, torch.empty_like(x, dtype=autocast_dtype), weight)
+    if backends.get_backend(name).widens_16bit:
+        # fp32 -> bf16 -> fp32 inside the backend would only lose bits and copy x twice.
+        return _run(x, weight, name).to(autocast_dtype)
+    return _run(x.to(autocast_dtype), weight, name)
+
+
+def _run(x: torch.Tensor, weight: torch.Tensor, name: str) -> torch.Tensor:
+    """The gate on the backend ``name`` resolved for ``x``."""
     if torch.onnx.is_in_onnx_export():
         # ONNX has no custom-op kernel to call: export the matmul form, which every
         # runtime executes (and which computes the same function).
