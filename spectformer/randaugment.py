@@ -33,13 +33,12 @@ LEVEL_DENOM = 10.0
 BASE_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
             "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
             "TranslateYRel")
-# inc1 swaps five operations for versions whose severity increases with the magnitude.
-INCREASING_OPS = tuple(
-    {"Posterize": "PosterizeIncreasing", "Solarize": "SolarizeIncreasing", "Color": "ColorIncreasing",
-     "Contrast": "ContrastIncreasing", "Brightness": "BrightnessIncreasing",
-     "Sharpness": "SharpnessIncreasing"}.get(op, op)
-    for op in BASE_OPS
-)
+# inc1 swaps six operations for versions whose severity increases with the magnitude: the
+# same operation, with another magnitude-to-argument map (LEVEL_TO_ARG).
+INCREASING = {"Posterize": "PosterizeIncreasing", "Solarize": "SolarizeIncreasing",
+              "Color": "ColorIncreasing", "Contrast": "ContrastIncreasing",
+              "Brightness": "BrightnessIncreasing", "Sharpness": "SharpnessIncreasing"}
+INCREASING_OPS = tuple(INCREASING.get(op, op) for op in BASE_OPS)
 
 
 @dataclass(frozen=True)
@@ -245,6 +244,10 @@ def _random_sign(value: float) -> float:
     return -value if torch.rand(()).item() < 0.5 else value
 
 
+def _enhance(level: float) -> float:
+    return level / LEVEL_DENOM * 1.8 + 0.1
+
+
 def _enhance_increasing(level: float) -> float:
     return max(0.1, 1.0 + _random_sign(level / LEVEL_DENOM * 0.9))
 
@@ -256,10 +259,10 @@ LEVEL_TO_ARG: dict[str, Callable[[float], float]] = {
     "Solarize": lambda level: min(256, int(level / LEVEL_DENOM * 256)),
     "SolarizeIncreasing": lambda level: 256 - min(256, int(level / LEVEL_DENOM * 256)),
     "SolarizeAdd": lambda level: min(128, int(level / LEVEL_DENOM * 110)),
-    "Color": lambda level: level / LEVEL_DENOM * 1.8 + 0.1,
-    "Contrast": lambda level: level / LEVEL_DENOM * 1.8 + 0.1,
-    "Brightness": lambda level: level / LEVEL_DENOM * 1.8 + 0.1,
-    "Sharpness": lambda level: level / LEVEL_DENOM * 1.8 + 0.1,
+    "Color": _enhance,
+    "Contrast": _enhance,
+    "Brightness": _enhance,
+    "Sharpness": _enhance,
     "ColorIncreasing": _enhance_increasing,
     "ContrastIncreasing": _enhance_increasing,
     "BrightnessIncreasing": _enhance_increasing,
@@ -270,35 +273,23 @@ LEVEL_TO_ARG: dict[str, Callable[[float], float]] = {
     "TranslateYRel": lambda level: _random_sign(level / LEVEL_DENOM * 0.45),
 }
 
-_APPLY = {
-    "AutoContrast": lambda img, arg, fill: auto_contrast(img),
-    "Equalize": lambda img, arg, fill: equalize(img),
-    "Invert": lambda img, arg, fill: invert(img),
-    "Rotate": lambda img, arg, fill: rotate(img, arg, fill),
-    "Posterize": lambda img, arg, fill: posterize(img, arg),
-    "PosterizeIncreasing": lambda img, arg, fill: posterize(img, arg),
-    "Solarize": lambda img, arg, fill: solarize(img, arg),
-    "SolarizeIncreasing": lambda img, arg, fill: solarize(img, arg),
-    "SolarizeAdd": lambda img, arg, fill: solarize_add(img, arg),
-    "Color": lambda img, arg, fill: color(img, arg),
-    "ColorIncreasing": lambda img, arg, fill: color(img, arg),
-    "Contrast": lambda img, arg, fill: contrast(img, arg),
-    "ContrastIncreasing": lambda img, arg, fill: contrast(img, arg),
-    "Brightness": lambda img, arg, fill: brightness(img, arg),
-    "BrightnessIncreasing": lambda img, arg, fill: brightness(img, arg),
-    "Sharpness": lambda img, arg, fill: sharpness(img, arg),
-    "SharpnessIncreasing": lambda img, arg, fill: sharpness(img, arg),
-    "ShearX": lambda img, arg, fill: shear_x(img, arg, fill),
-    "ShearY": lambda img, arg, fill: shear_y(img, arg, fill),
-    "TranslateXRel": lambda img, arg, fill: translate_x_rel(img, arg, fill),
-    "TranslateYRel": lambda img, arg, fill: translate_y_rel(img, arg, fill),
-}
+# The operations by what they take besides the image: nothing, the argument, or the argument
+# and the fill colour. An increasing version applies its base operation.
+_NO_ARG = {"AutoContrast": auto_contrast, "Equalize": equalize, "Invert": invert}
+_ARG = {"Posterize": posterize, "Solarize": solarize, "SolarizeAdd": solarize_add, "Color": color,
+        "Contrast": contrast, "Brightness": brightness, "Sharpness": sharpness}
+_ARG_AND_FILL = {"Rotate": rotate, "ShearX": shear_x, "ShearY": shear_y,
+                 "TranslateXRel": translate_x_rel, "TranslateYRel": translate_y_rel}
+_BASE_OP = {increasing: base for base, increasing in INCREASING.items()}
 
 
 def apply_op(name: str, img: torch.Tensor, magnitude: float, fill: torch.Tensor) -> torch.Tensor:
     """One named operation at ``magnitude`` (0..mmax) on 0..255 values ``(C, H, W)``."""
-    to_arg = LEVEL_TO_ARG.get(name)
-    return _APPLY[name](img, to_arg(magnitude) if to_arg else None, fill)
+    op = _BASE_OP.get(name, name)
+    if op in _NO_ARG:
+        return _NO_ARG[op](img)
+    arg = LEVEL_TO_ARG[name](magnitude)
+    return _ARG[op](img, arg) if op in _ARG else _ARG_AND_FILL[op](img, arg, fill)
 
 
 class RandAugment:
