@@ -216,9 +216,10 @@ def _cast(t, like):
 
 # -- route 1: the ops' registered autograd formulas ------------------------------------------
 
-def _setup_gate(ctx, inputs, output):
-    x, weight, backend = inputs
-    ctx.save_for_backward(_saved(x), _saved(weight))
+def _setup(ctx, inputs, output):
+    """Either op: save its tensor inputs for the backward; the last input is the backend."""
+    *tensors, backend = inputs
+    ctx.save_for_backward(*(_saved(t) for t in tensors))
     ctx.backend = backend
 
 
@@ -227,22 +228,14 @@ def _backward_gate(ctx, grad_y):
     return (*_gate_vjp(grad_y, x, weight, ctx.backend, ctx.needs_input_grad), None)
 
 
-def _setup_gate_backward(ctx, inputs, output):
-    grad_y, x, weight, backend = inputs
-    ctx.save_for_backward(_saved(grad_y), _saved(x), _saved(weight))
-    ctx.backend = backend
-
-
 def _backward_gate_backward(ctx, v_x, v_weight):
     grad_y, x, weight = ctx.saved_tensors
     needs = ctx.needs_input_grad
     return (*_gate_backward_vjp(grad_y, x, weight, v_x, v_weight, ctx.backend, needs), None)
 
 
-spectral_gate_op.register_autograd(_backward_gate, setup_context=_setup_gate)
-spectral_gate_backward_op.register_autograd(
-    _backward_gate_backward, setup_context=_setup_gate_backward
-)
+spectral_gate_op.register_autograd(_backward_gate, setup_context=_setup)
+spectral_gate_backward_op.register_autograd(_backward_gate_backward, setup_context=_setup)
 
 
 # -- route 2: autograd.Functions for torch.func and forward-mode AD -------------------------
@@ -260,15 +253,19 @@ def _fold_into_channels(t, bdim, size, channel_axis):
     return _batch_first(t, bdim, size).movedim(0, channel_axis).flatten(channel_axis, channel_axis + 1)
 
 
-class _GateFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(x, weight, backend):
-        return spectral_gate_op(x, weight, backend)
+class _OpFunction(torch.autograd.Function):
+    """What both Functions share: the ops' context, kept for the forward-mode rule too."""
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _setup_gate(ctx, inputs, output)
-        ctx.save_for_forward(*inputs[:2])
+        _setup(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:-1])
+
+
+class _GateFunction(_OpFunction):
+    @staticmethod
+    def forward(x, weight, backend):
+        return spectral_gate_op(x, weight, backend)
 
     backward = staticmethod(_backward_gate)
 
@@ -289,15 +286,10 @@ class _GateFunction(torch.autograd.Function):
         return y.unflatten(3, (v, -1)), 3
 
 
-class _GateBackwardFunction(torch.autograd.Function):
+class _GateBackwardFunction(_OpFunction):
     @staticmethod
     def forward(grad_y, x, weight, backend):
         return spectral_gate_backward_op(grad_y, x, weight, backend)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _setup_gate_backward(ctx, inputs, output)
-        ctx.save_for_forward(*inputs[:3])
 
     backward = staticmethod(_backward_gate_backward)
 
