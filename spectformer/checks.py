@@ -1,7 +1,8 @@
 """Start-up checks of command-line settings: cheap, before any data is scanned or file written.
 
 Every failure is a ``UsageError`` whose message is one line naming the flag (or file) and
-what was expected, so ``cli.run`` can print it without a traceback.
+what was expected, so ``cli.run`` can print it without a traceback. The library's own
+``SettingError`` names a setting, not a flag; ``for_command_line`` says it with the flag.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
+
+from .errors import SettingError
 
 
 class UsageError(ValueError):
@@ -18,6 +21,13 @@ class UsageError(ValueError):
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def for_command_line(exc: SettingError, settings: Optional[Mapping[str, str]] = None) -> str:
+    """``exc``'s message with the flag in place of the setting's name; ``settings`` maps a
+    library parameter to the setting it was given (``{"prob": "reprob"}``) where they differ."""
+    setting = (settings or {}).get(exc.setting, exc.setting)
+    return f"{flag(setting)} {exc.detail}"
 
 
 def number(name: str, value, *, low: Optional[float] = None, high: Optional[float] = None,
@@ -77,21 +87,12 @@ def backend(name: Optional[str], device) -> None:
 
 def data_source(data: str, num_classes: Optional[int]) -> None:
     """``--data`` is digits, synthetic or a folder with train/ and val/ (not scanned here)."""
-    if data == "digits":
-        if num_classes is not None and num_classes < 10:
-            raise UsageError(f"--num-classes {num_classes} is too small for digits (10 classes)")
-        return
-    if data == "synthetic":
-        if num_classes is None:
-            raise UsageError("--data synthetic needs a class count: pass --num-classes")
-        return
-    root = Path(data)
-    if not root.is_dir():
-        raise UsageError(f"--data {data!r} is neither 'digits', 'synthetic' nor an existing folder")
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise UsageError(f"--data {data!r} must contain {split}/<class>/<images> "
-                             "(ImageFolder layout)")
+    from .data import check_source
+
+    try:
+        check_source(data, num_classes)
+    except SettingError as exc:
+        raise UsageError(for_command_line(exc)) from None
 
 
 def writable_folder(name: str, path: str | Path) -> None:

@@ -22,12 +22,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    from .checks import UsageError, for_command_line
+    from .errors import SettingError
+
+    # The library names a setting; on the command line it is the flag that set it.
+    text = for_command_line(exc) if isinstance(exc, SettingError) else str(exc)
+    text = " ".join(text.split()) or type(exc).__name__
     if len(text) > MAX_CHARS:
         text = text[: MAX_CHARS - 3] + "..."
     # Errors from deep inside a library (not written for the command line) say what they are.
-    from .checks import UsageError
-
     expected = (UsageError, ValueError, OSError, RuntimeError, KeyError)
     return text if isinstance(exc, expected) else f"{type(exc).__name__}: {text}"
 

@@ -364,12 +364,18 @@ def check_settings(cfg: TrainConfig, world_size: int = 1) -> None:
 
 def check_recipe_options(cfg: TrainConfig) -> None:
     """Validate the augmentation and token-labelling settings, naming the flag at fault."""
+    from .errors import SettingError
     from .random_erasing import RandomErasing
     from .randaugment import parse_policy
 
-    if cfg.aa is not None:
-        parse_policy(cfg.aa, "--aa")
-    RandomErasing(cfg.reprob, cfg.remode, cfg.recount)  # raises naming --reprob/--remode/--recount
+    # The library names these by its own parameters; say them as the flags that set them.
+    try:
+        if cfg.aa is not None:
+            parse_policy(cfg.aa)
+        RandomErasing(cfg.reprob, cfg.remode, cfg.recount)
+    except SettingError as exc:
+        settings = {"policy": "aa", "prob": "reprob", "mode": "remode", "max_count": "recount"}
+        raise checks.UsageError(checks.for_command_line(exc, settings)) from None
     if cfg.token_label_data is not None:
         if cfg.data in ("digits", "synthetic"):
             raise checks.UsageError("--token-label-data needs an image-folder --data (score maps are "

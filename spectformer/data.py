@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from . import image_modes
+from .errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ class ShardSampler(Sampler[int]):
 
 
 def class_count(data: str) -> Optional[int]:
-    """Classes in ``--data`` without loading it; ``None`` for synthetic (the model decides)."""
+    """Classes in ``data`` without loading it; ``None`` for synthetic (the model decides)."""
     if data == "digits":
         return 10
     if data == "synthetic":
@@ -341,35 +342,50 @@ class Datasets:
     in_memory: bool  # cheap to index: worker processes would only add overhead
 
 
+def check_source(data: str, num_classes: Optional[int]) -> None:
+    """``data`` is 'digits', 'synthetic' or a folder with train/ and val/ (not scanned), and
+    ``num_classes`` fits it; a ``SettingError`` naming ``data`` or ``num_classes`` if not."""
+    if data == "digits":
+        if num_classes is not None and num_classes < 10:
+            raise SettingError("num_classes", f"{num_classes} is too small for the digits data "
+                                              "set (10 classes)")
+        return
+    if data == "synthetic":
+        if num_classes is None:
+            raise SettingError("num_classes", "is required for synthetic data, which has no "
+                                              "class count of its own")
+        return
+    root = Path(data)
+    if not root.is_dir():
+        raise SettingError("data", f"{data!r} is neither 'digits', 'synthetic' nor an existing "
+                                   "folder")
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise SettingError("data", f"{data!r} must contain {split}/<class>/<images> "
+                                       "(ImageFolder layout)")
+
+
 def build_datasets(data: str, spec: ImageSpec, num_classes: Optional[int], seed: int,
                    synthetic_train_size: int = 1281, synthetic_val_size: int = 256,
                    crop_pct: float = 0.875,
                    train_augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Datasets:
     """The train and validation sets of ``data``. ``train_augment`` (e.g. ``RandAugment``)
     maps training images in [0, 1] before normalisation; synthetic data is not augmented."""
+    check_source(data, num_classes)
     if data == "digits":
         train_x, train_y, val_x, val_y = digits_split()
-        if num_classes is not None and num_classes < 10:
-            raise ValueError(f"--num-classes {num_classes} is too small for digits (10 classes)")
         return Datasets(UpscaledImages(train_x, train_y, spec, augment=train_augment),
                         UpscaledImages(val_x, val_y, spec),
                         num_classes or 10, in_memory=True)
     if data == "synthetic":
-        if num_classes is None:
-            raise ValueError("--data synthetic needs a class count: pass --num-classes")
         return Datasets(SyntheticImages(synthetic_train_size, num_classes, spec, seed),
                         SyntheticImages(synthetic_val_size, num_classes, spec, seed + 1),
                         num_classes, in_memory=True)
     root = Path(data)
-    if not root.is_dir():
-        raise ValueError(f"--data {data!r} is neither 'digits', 'synthetic' nor an existing folder")
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise ValueError(f"--data {data!r} must contain {split}/<class>/<images> (ImageFolder layout)")
     train = ImageFolderDataset(root / "train", spec, train=True, crop_pct=crop_pct,
                                augment=train_augment)
     val = ImageFolderDataset(root / "val", spec, train=False, crop_pct=crop_pct, classes=train.classes)
     if num_classes is not None and num_classes < train.num_classes:
-        raise ValueError(f"--num-classes {num_classes} is smaller than the {train.num_classes} "
-                         f"classes in {str(root / 'train')!r}")
+        raise SettingError("num_classes", f"{num_classes} is smaller than the {train.num_classes} "
+                                          f"classes in {str(root / 'train')!r}")
     return Datasets(train, val, num_classes or train.num_classes, in_memory=False)

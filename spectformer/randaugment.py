@@ -27,17 +27,18 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .errors import SettingError
+
 LEVEL_DENOM = 10.0
 BASE_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
             "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
             "TranslateYRel")
-# inc1 swaps five operations for versions whose severity increases with the magnitude.
-INCREASING_OPS = tuple(
-    {"Posterize": "PosterizeIncreasing", "Solarize": "SolarizeIncreasing", "Color": "ColorIncreasing",
-     "Contrast": "ContrastIncreasing", "Brightness": "BrightnessIncreasing",
-     "Sharpness": "SharpnessIncreasing"}.get(op, op)
-    for op in BASE_OPS
-)
+# inc1 swaps six operations for versions whose severity increases with the magnitude: the
+# same operation, with another magnitude-to-argument map (LEVEL_TO_ARG).
+INCREASING = {"Posterize": "PosterizeIncreasing", "Solarize": "SolarizeIncreasing",
+              "Color": "ColorIncreasing", "Contrast": "ContrastIncreasing",
+              "Brightness": "BrightnessIncreasing", "Sharpness": "SharpnessIncreasing"}
+INCREASING_OPS = tuple(INCREASING.get(op, op) for op in BASE_OPS)
 
 
 @dataclass(frozen=True)
@@ -57,16 +58,16 @@ class RandAugmentPolicy:
 _SECTION = re.compile(r"^(mstd|mmax|inc|m|n|p)(\d+(?:\.\d*)?|\.\d+|inf)$")
 
 
-def parse_policy(spec: str, flag: str = "--aa") -> RandAugmentPolicy:
-    """``"rand-m9-mstd0.5-inc1"`` -> ``RandAugmentPolicy``; a ``ValueError`` naming ``flag``
-    (and the bad section) for anything malformed."""
-    def bad(why: str) -> ValueError:
-        return ValueError(f"{flag} {spec!r}: {why}; expected 'rand' followed by dash-separated "
-                          "sections m<int>, n<int>, mstd<float>, mmax<int>, inc<0|1>, p<float>, "
-                          "e.g. 'rand-m9-mstd0.5-inc1'")
+def parse_policy(spec: str) -> RandAugmentPolicy:
+    """``"rand-m9-mstd0.5-inc1"`` -> ``RandAugmentPolicy``; a ``SettingError`` about
+    ``policy`` naming the bad section for anything malformed."""
+    def bad(why: str) -> SettingError:
+        return SettingError("policy", f"{spec!r}: {why}; expected 'rand' followed by "
+                                      "dash-separated sections m<int>, n<int>, mstd<float>, "
+                                      "mmax<int>, inc<0|1>, p<float>, e.g. 'rand-m9-mstd0.5-inc1'")
 
     if not isinstance(spec, str):
-        raise TypeError(f"{flag} must be a string, got {type(spec).__name__}")
+        raise TypeError(f"policy must be a string, got {type(spec).__name__}")
     parts = spec.strip().split("-")
     if parts[0] != "rand":
         raise bad("only RandAugment ('rand-...') policies are supported")
@@ -243,6 +244,10 @@ def _random_sign(value: float) -> float:
     return -value if torch.rand(()).item() < 0.5 else value
 
 
+def _enhance(level: float) -> float:
+    return level / LEVEL_DENOM * 1.8 + 0.1
+
+
 def _enhance_increasing(level: float) -> float:
     return max(0.1, 1.0 + _random_sign(level / LEVEL_DENOM * 0.9))
 
@@ -254,10 +259,10 @@ LEVEL_TO_ARG: dict[str, Callable[[float], float]] = {
     "Solarize": lambda level: min(256, int(level / LEVEL_DENOM * 256)),
     "SolarizeIncreasing": lambda level: 256 - min(256, int(level / LEVEL_DENOM * 256)),
     "SolarizeAdd": lambda level: min(128, int(level / LEVEL_DENOM * 110)),
-    "Color": lambda level: level / LEVEL_DENOM * 1.8 + 0.1,
-    "Contrast": lambda level: level / LEVEL_DENOM * 1.8 + 0.1,
-    "Brightness": lambda level: level / LEVEL_DENOM * 1.8 + 0.1,
-    "Sharpness": lambda level: level / LEVEL_DENOM * 1.8 + 0.1,
+    "Color": _enhance,
+    "Contrast": _enhance,
+    "Brightness": _enhance,
+    "Sharpness": _enhance,
     "ColorIncreasing": _enhance_increasing,
     "ContrastIncreasing": _enhance_increasing,
     "BrightnessIncreasing": _enhance_increasing,
@@ -268,35 +273,23 @@ LEVEL_TO_ARG: dict[str, Callable[[float], float]] = {
     "TranslateYRel": lambda level: _random_sign(level / LEVEL_DENOM * 0.45),
 }
 
-_APPLY = {
-    "AutoContrast": lambda img, arg, fill: auto_contrast(img),
-    "Equalize": lambda img, arg, fill: equalize(img),
-    "Invert": lambda img, arg, fill: invert(img),
-    "Rotate": lambda img, arg, fill: rotate(img, arg, fill),
-    "Posterize": lambda img, arg, fill: posterize(img, arg),
-    "PosterizeIncreasing": lambda img, arg, fill: posterize(img, arg),
-    "Solarize": lambda img, arg, fill: solarize(img, arg),
-    "SolarizeIncreasing": lambda img, arg, fill: solarize(img, arg),
-    "SolarizeAdd": lambda img, arg, fill: solarize_add(img, arg),
-    "Color": lambda img, arg, fill: color(img, arg),
-    "ColorIncreasing": lambda img, arg, fill: color(img, arg),
-    "Contrast": lambda img, arg, fill: contrast(img, arg),
-    "ContrastIncreasing": lambda img, arg, fill: contrast(img, arg),
-    "Brightness": lambda img, arg, fill: brightness(img, arg),
-    "BrightnessIncreasing": lambda img, arg, fill: brightness(img, arg),
-    "Sharpness": lambda img, arg, fill: sharpness(img, arg),
-    "SharpnessIncreasing": lambda img, arg, fill: sharpness(img, arg),
-    "ShearX": lambda img, arg, fill: shear_x(img, arg, fill),
-    "ShearY": lambda img, arg, fill: shear_y(img, arg, fill),
-    "TranslateXRel": lambda img, arg, fill: translate_x_rel(img, arg, fill),
-    "TranslateYRel": lambda img, arg, fill: translate_y_rel(img, arg, fill),
-}
+# The operations by what they take besides the image: nothing, the argument, or the argument
+# and the fill colour. An increasing version applies its base operation.
+_NO_ARG = {"AutoContrast": auto_contrast, "Equalize": equalize, "Invert": invert}
+_ARG = {"Posterize": posterize, "Solarize": solarize, "SolarizeAdd": solarize_add, "Color": color,
+        "Contrast": contrast, "Brightness": brightness, "Sharpness": sharpness}
+_ARG_AND_FILL = {"Rotate": rotate, "ShearX": shear_x, "ShearY": shear_y,
+                 "TranslateXRel": translate_x_rel, "TranslateYRel": translate_y_rel}
+_BASE_OP = {increasing: base for base, increasing in INCREASING.items()}
 
 
 def apply_op(name: str, img: torch.Tensor, magnitude: float, fill: torch.Tensor) -> torch.Tensor:
     """One named operation at ``magnitude`` (0..mmax) on 0..255 values ``(C, H, W)``."""
-    to_arg = LEVEL_TO_ARG.get(name)
-    return _APPLY[name](img, to_arg(magnitude) if to_arg else None, fill)
+    op = _BASE_OP.get(name, name)
+    if op in _NO_ARG:
+        return _NO_ARG[op](img)
+    arg = LEVEL_TO_ARG[name](magnitude)
+    return _ARG[op](img, arg) if op in _ARG else _ARG_AND_FILL[op](img, arg, fill)
 
 
 class RandAugment:
@@ -306,9 +299,8 @@ class RandAugment:
     translation uncover: the normalisation mean, as timm uses. Returns a new tensor in [0, 1].
     """
 
-    def __init__(self, policy: str | RandAugmentPolicy, fill: Sequence[float] = (0.5, 0.5, 0.5),
-                 flag: str = "--aa"):
-        self.policy = parse_policy(policy, flag) if isinstance(policy, str) else policy
+    def __init__(self, policy: str | RandAugmentPolicy, fill: Sequence[float] = (0.5, 0.5, 0.5)):
+        self.policy = parse_policy(policy) if isinstance(policy, str) else policy
         self.fill = tuple(float(round(255 * v)) for v in fill)
 
     def __repr__(self) -> str:

@@ -1,4 +1,4 @@
-"""Random erasing on normalised image batches (``--reprob``, ``--remode``, ``--recount``).
+"""Random erasing on normalised image batches (training settings ``reprob``, ``remode``, ``recount``).
 
 As timm applies it (Zhong et al., "Random Erasing Data Augmentation"): each image, with
 probability ``prob``, gets ``count`` rectangles (``count`` uniform in ``[1, max_count]``)
@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from .errors import SettingError
+
 ERASE_MODES = ("const", "rand", "pixel")
 
 
@@ -22,12 +24,13 @@ class RandomErasing:
     def __init__(self, prob: float = 0.25, mode: str = "pixel", max_count: int = 1,
                  min_area: float = 0.02, max_area: float = 1 / 3, min_aspect: float = 0.3):
         if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"--reprob (random erasing probability) must be in [0, 1], got {prob}")
+            raise SettingError("prob", f"(random erasing probability) must be in [0, 1], "
+                                       f"got {prob}")
         if mode not in ERASE_MODES:
-            raise ValueError(f"--remode must be one of {', '.join(ERASE_MODES)}, got {mode!r}")
+            raise SettingError("mode", f"must be one of {', '.join(ERASE_MODES)}, got {mode!r}")
         if not isinstance(max_count, int) or max_count < 1:
-            raise ValueError(f"--recount (rectangles per image, at most) must be an int >= 1, "
-                             f"got {max_count!r}")
+            raise SettingError("max_count", f"(rectangles per image, at most) must be an int "
+                                            f">= 1, got {max_count!r}")
         if not 0.0 < min_area <= max_area <= 1.0:
             raise ValueError(f"need 0 < min_area <= max_area <= 1, got {min_area} and {max_area}")
         self.prob, self.mode, self.max_count = prob, mode, max_count

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 
 from .augment import cutmix_box
 from .data import ImageFolderDataset, random_resized_crop_box
+from .errors import MissingPathError
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,11 @@ def load_score_map(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scores (k, h, w) float32, class indices (k, h, w) int64)`` from one score-map file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--token-label-data: no score map {str(path)!r} for this image")
+        raise FileNotFoundError(f"no score map {str(path)!r} for this image")
     stored = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(stored, torch.Tensor) or stored.dim() != 4 or stored.shape[0] != 2:
         shape = tuple(stored.shape) if isinstance(stored, torch.Tensor) else type(stored).__name__
-        raise ValueError(f"--token-label-data: {str(path)!r} must hold a (2, k, h, w) tensor of "
+        raise ValueError(f"score map {str(path)!r} must hold a (2, k, h, w) tensor of "
                          f"top-k scores and class indices, got {shape}")
     return stored[0].float(), stored[1].float().round().long()
 
@@ -120,12 +121,13 @@ class TokenLabelDataset(Dataset):
         self.images = images
         self.score_root = Path(score_root)
         if not self.score_root.is_dir():
-            raise FileNotFoundError(f"--token-label-data {str(self.score_root)!r} is not a folder")
+            raise MissingPathError("score_root", f"{str(self.score_root)!r} is not a folder")
         missing = [str(p) for p in (score_map_path(self.score_root, path) for path, _ in images.samples[:1])
                    if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"--token-label-data: expected score maps as "
-                                    f"<class>/<image stem>{SCORE_MAP_SUFFIX}; {missing[0]!r} does not exist")
+            raise MissingPathError("score_root", f"{str(self.score_root)!r} must hold score maps as "
+                                                 f"<class>/<image stem>{SCORE_MAP_SUFFIX}; "
+                                                 f"{missing[0]!r} does not exist")
         self.num_classes, self.grid, self.augment = num_classes, tuple(grid), augment
         self.samples, self.classes = images.samples, images.classes
 
@@ -185,7 +187,7 @@ def token_label_loss(cls_logits: torch.Tensor, token_logits: torch.Tensor, targe
     b, n, c = token_logits.shape
     if targets.shape != (b, 1 + n, c):
         raise ValueError(f"token targets must be (B, 1 + N, classes) = {(b, 1 + n, c)} for this "
-                         f"model, got {tuple(targets.shape)}; check --token-label-size")
+                         f"model, got {tuple(targets.shape)}; check the size of the target grid")
     targets = targets.float()
     if smoothing > 0:
         targets = targets * (1.0 - smoothing) + smoothing / c

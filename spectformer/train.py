@@ -48,6 +48,7 @@ from .training_state import (
 )
 from .config import TrainConfig
 from .data import ShardSampler, build_datasets, collate_skip_unreadable, image_spec
+from .errors import SettingError
 from .randaugment import RandAugment
 from .random_erasing import RandomErasing
 from .token_labeling import TokenLabelDataset, mix_token_box, token_label_loss
@@ -353,7 +354,10 @@ class Trainer:
         if cfg.token_label_size is not None and (cfg.token_label_size,) * 2 != grid:
             raise ValueError(f"--token-label-size {cfg.token_label_size} does not match the model's "
                              f"last token grid {grid[0]}x{grid[1]} at --img-size {cfg.img_size}")
-        return TokenLabelDataset(images, cfg.token_label_data, cfg.num_classes, grid, augment)
+        try:
+            return TokenLabelDataset(images, cfg.token_label_data, cfg.num_classes, grid, augment)
+        except SettingError as exc:  # the library's score_root is the token_label_data setting
+            raise exc.renamed("token_label_data") from None
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -395,12 +399,12 @@ class Trainer:
         load_state_strict(self.model, ckpt["model"], "the model state", path)
         if self.ema is not None:
             if ckpt.get("ema") is None:
-                raise CheckpointError(f"--resume {path!r} has no EMA weights but --model-ema is on")
+                raise CheckpointError("resume", f"{path!r} has no EMA weights but --model-ema is on")
             load_state_strict(self.ema.module, ckpt["ema"], "the EMA state", path)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"--resume {path!r}: optimizer state does not fit: {exc}") from exc
+            raise CheckpointError("resume", f"{path!r}: optimizer state does not fit: {exc}") from exc
         if ckpt["scheduler"]["total_steps"] != self.schedule.total_steps:
             print(f"note: the schedule now spans {self.schedule.total_steps} steps "
                   f"(checkpoint: {ckpt['scheduler']['total_steps']})", file=sys.stderr)

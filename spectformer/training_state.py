@@ -1,5 +1,5 @@
 """A training run's saved state: atomic writes, random-number-generator states, checked
-loading of training checkpoints for ``--resume``. (Loading model weights, official layouts
+loading of training checkpoints to resume from (the ``resume`` setting). (Loading model weights, official layouts
 included, is ``spectformer.models.checkpoint``.)
 
 A checkpoint is written to a temporary file in the same folder, flushed to disk, then
@@ -19,12 +19,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .errors import SettingError
+
 CHECKPOINT_FORMAT = "spectformer-train-v1"
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "epoch", "step", "config")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used to resume: unreadable, truncated or mismatched."""
+class CheckpointError(SettingError, RuntimeError):
+    """A checkpoint that cannot be used to resume: unreadable, truncated or mismatched. Its
+    ``setting`` is ``resume``; still a ``RuntimeError``, as it always was."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -133,16 +136,16 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = read_checkpoint(path)
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"--resume: {exc}") from exc
+        raise CheckpointError("resume", f"is unusable: {exc}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"--resume {str(path)!r} is not a training checkpoint of this program "
+            "resume", f"{str(path)!r} is not a training checkpoint of this program "
             f"(expected format {CHECKPOINT_FORMAT!r}); to start from pretrained weights, "
             "load them into the model instead of resuming"
         )
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
-        raise CheckpointError(f"--resume {str(path)!r} lacks {', '.join(missing)}")
+        raise CheckpointError("resume", f"{str(path)!r} lacks {', '.join(missing)}")
     return ckpt
 
 
@@ -152,8 +155,8 @@ def check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], keys
              for k in keys if saved.get(k) != current.get(k)]
     if diffs:
         raise CheckpointError(
-            f"--resume {str(path)!r} was written for a different run ({'; '.join(diffs)}); "
-            "resume with the same settings or start a new --output"
+            "resume", f"{str(path)!r} was written for a different run ({'; '.join(diffs)}); "
+            "resume with the same settings or start a new output folder"
         )
 
 
@@ -161,4 +164,5 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], w
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"--resume {str(path)!r}: {what} does not match the model: {exc}") from exc
+        raise CheckpointError("resume", f"{str(path)!r}: {what} does not match the model: "
+                                        f"{exc}") from exc

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .errors import SettingError
 from .runtime import amp_dtype, default_device, evaluate, model_overrides, resolve_amp
 
 def training_settings(raw) -> dict:
@@ -36,16 +37,18 @@ def load_weights(model: nn.Module, raw, path: str, use_ema: bool, model_name: st
 
     is_training = isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT
     if use_ema and not is_training:
-        raise ValueError(f"--ema needs a training checkpoint of spectformer.train; {path!r} is not one")
+        raise SettingError("checkpoint", f"{path!r} is not a training checkpoint of "
+                                         "spectformer.train, so it holds no EMA weights")
     if use_ema and raw.get("ema") is None:
-        raise ValueError(f"--checkpoint {path!r} holds no EMA weights (trained without --model-ema)")
+        raise SettingError("checkpoint", f"{path!r} holds no EMA weights (it was trained "
+                                         "without an EMA of the weights)")
     state = raw["ema" if use_ema else "model"] if is_training else raw
     try:
         spectformer.load_checkpoint(model, state)
     except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"--checkpoint {path!r} does not fit --model "
-                         f"{model_name or type(model).__name__} as built here: "
-                         f"{' '.join(str(exc).split())}") from exc
+        raise SettingError("checkpoint", f"{path!r} does not fit the model "
+                                         f"{model_name or type(model).__name__} as built here: "
+                                         f"{' '.join(str(exc).split())}") from exc
     if is_training:
         return f"{'EMA' if use_ema else 'model'} weights after epoch {raw['epoch']}"
     return "state dict"

@@ -31,6 +31,10 @@ class Backend:
     description: str
     availability: Callable[[], Reason] = lambda: None
     supports: Callable[[torch.Tensor, torch.Tensor], Reason] = lambda x, weight: None
+    # True if bf16/fp16 inputs are converted to fp32 before any arithmetic: under autocast
+    # the op then hands it an fp32 ``x`` unrounded (rounding it first would only lose bits).
+    # False for kernels that read 16-bit inputs as they are, where the narrow I/O is the point.
+    widens_16bit: bool = False
 
 
 class BackendUnavailableError(RuntimeError):

@@ -171,7 +171,7 @@ def _image_chunks(x: torch.Tensor, chunked: bool) -> list[slice]:
     b, h, w, c = x.shape
     if not chunked or x.device.type != "cpu" or b <= 1:
         return [slice(0, b)]
-    spectrum_bytes = h * c * (w // 2 + 1) * 2 * 8  # per image, complex64 plus headroom
+    spectrum_bytes = h * c * half_spectrum_size(w) * 2 * 8  # per image, complex64 plus headroom
     step = max(1, CPU_CHUNK_BYTES // spectrum_bytes)
     return [slice(i, min(i + step, b)) for i in range(0, b, step)]
 
@@ -209,7 +209,7 @@ def spectral_gate_dft_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adjoint of the forward map: returns ``(grad_x, grad_weight)``."""
     _, h, w, c = x.shape
-    wk = w // 2 + 1
+    wk = half_spectrum_size(w)
     dtype = compute_dtype(x.dtype)
     m = _matrices(h, w, dtype, x.device)
     k_conj = _filter_layout(weight, m, dtype).conj_physical()
@@ -231,4 +231,5 @@ def spectral_gate_dft_backward(
 register_backend(Backend(
     "dft", spectral_gate_dft, spectral_gate_dft_backward,
     "separable real DFT as matrix products in plain PyTorch (no complex dtype)",
+    widens_16bit=True,
 ))

@@ -102,7 +102,7 @@ def _float64_dense_maps(h: int, w: int) -> tuple:
     ``inverse`` ``(2*H*Wk, H*W)`` maps such a spectrum back with the CPU ``irfft2`` rules.
     Both are the separable matrices above, composed."""
     base = _float64_matrices(h, w)
-    wk = w // 2 + 1
+    wk = half_spectrum_size(w)
     fw_re, fw_im = base.w_forward[:wk], base.w_forward[wk:]  # (Wk, W)
     fh_re, fh_im = base.h_forward[0::2, 0::2], base.h_forward[1::2, 0::2]  # (H', H)
     gh_re, gh_im = base.h_inverse[0::2, 0::2], base.h_inverse[1::2, 0::2]  # (H, H')

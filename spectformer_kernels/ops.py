@@ -216,9 +216,10 @@ def _cast(t, like):
 
 # -- route 1: the ops' registered autograd formulas ------------------------------------------
 
-def _setup_gate(ctx, inputs, output):
-    x, weight, backend = inputs
-    ctx.save_for_backward(_saved(x), _saved(weight))
+def _setup(ctx, inputs, output):
+    """Either op: save its tensor inputs for the backward; the last input is the backend."""
+    *tensors, backend = inputs
+    ctx.save_for_backward(*(_saved(t) for t in tensors))
     ctx.backend = backend
 
 
@@ -227,22 +228,14 @@ def _backward_gate(ctx, grad_y):
     return (*_gate_vjp(grad_y, x, weight, ctx.backend, ctx.needs_input_grad), None)
 
 
-def _setup_gate_backward(ctx, inputs, output):
-    grad_y, x, weight, backend = inputs
-    ctx.save_for_backward(_saved(grad_y), _saved(x), _saved(weight))
-    ctx.backend = backend
-
-
 def _backward_gate_backward(ctx, v_x, v_weight):
     grad_y, x, weight = ctx.saved_tensors
     needs = ctx.needs_input_grad
     return (*_gate_backward_vjp(grad_y, x, weight, v_x, v_weight, ctx.backend, needs), None)
 
 
-spectral_gate_op.register_autograd(_backward_gate, setup_context=_setup_gate)
-spectral_gate_backward_op.register_autograd(
-    _backward_gate_backward, setup_context=_setup_gate_backward
-)
+spectral_gate_op.register_autograd(_backward_gate, setup_context=_setup)
+spectral_gate_backward_op.register_autograd(_backward_gate_backward, setup_context=_setup)
 
 
 # -- route 2: autograd.Functions for torch.func and forward-mode AD -------------------------
@@ -260,15 +253,19 @@ def _fold_into_channels(t, bdim, size, channel_axis):
     return _batch_first(t, bdim, size).movedim(0, channel_axis).flatten(channel_axis, channel_axis + 1)
 
 
-class _GateFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(x, weight, backend):
-        return spectral_gate_op(x, weight, backend)
+class _OpFunction(torch.autograd.Function):
+    """What both Functions share: the ops' context, kept for the forward-mode rule too."""
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _setup_gate(ctx, inputs, output)
-        ctx.save_for_forward(*inputs[:2])
+        _setup(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:-1])
+
+
+class _GateFunction(_OpFunction):
+    @staticmethod
+    def forward(x, weight, backend):
+        return spectral_gate_op(x, weight, backend)
 
     backward = staticmethod(_backward_gate)
 
@@ -289,15 +286,10 @@ class _GateFunction(torch.autograd.Function):
         return y.unflatten(3, (v, -1)), 3
 
 
-class _GateBackwardFunction(torch.autograd.Function):
+class _GateBackwardFunction(_OpFunction):
     @staticmethod
     def forward(grad_y, x, weight, backend):
         return spectral_gate_backward_op(grad_y, x, weight, backend)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _setup_gate_backward(ctx, inputs, output)
-        ctx.save_for_forward(*inputs[:3])
 
     backward = staticmethod(_backward_gate_backward)
 
@@ -338,16 +330,26 @@ def spectral_gate(
     Returns:
         ``(B, H, W, C)`` in ``x.dtype``, differentiable in ``x`` and ``weight`` to any order,
         in reverse and forward mode and under the ``torch.func`` transforms. Inside an
-        autocast region an fp32 ``x`` is first cast to the autocast dtype, as a matmul's
-        inputs would be.
+        autocast region an fp32 ``x`` gives a result in the autocast dtype, as a matmul
+        would. The backend is chosen for an input in that dtype; a kernel that reads 16-bit
+        inputs gets ``x`` rounded to it, while a backend that computes in fp32 anyway
+        (``reference``, ``dft``) gets the fp32 ``x`` and only its result is rounded, once.
     """
     check_inputs(x, weight)
     autocast_dtype = _autocast_dtype(x)
-    if autocast_dtype is not None and x.dtype == torch.float32:
-        # Like a matmul under autocast: run (and return) in the autocast dtype. The
-        # backends still accumulate in fp32 and the weight stays fp32.
-        x = x.to(autocast_dtype)
-    name = backends.resolve_backend(backend, x, weight)
+    if autocast_dtype is None or x.dtype != torch.float32:
+        return _run(x, weight, backends.resolve_backend(backend, x, weight))
+    # The choice is made for the input a 16-bit kernel would see: x's layout in the
+    # autocast dtype. An empty tensor stands in for it, so nothing is rounded just to ask.
+    name = backends.resolve_backend(backend, torch.empty_like(x, dtype=autocast_dtype), weight)
+    if backends.get_backend(name).widens_16bit:
+        # fp32 -> bf16 -> fp32 inside the backend would only lose bits and copy x twice.
+        return _run(x, weight, name).to(autocast_dtype)
+    return _run(x.to(autocast_dtype), weight, name)
+
+
+def _run(x: torch.Tensor, weight: torch.Tensor, name: str) -> torch.Tensor:
+    """The gate on the backend ``name`` resolved for ``x``."""
     if torch.onnx.is_in_onnx_export():
         # ONNX has no custom-op kernel to call: export the matmul form, which every
         # runtime executes (and which computes the same function).

@@ -61,4 +61,5 @@ def oracle(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor | None 
 register_backend(Backend(
     "reference", spectral_gate_reference, spectral_gate_reference_backward,
     "torch.fft rfft2 -> complex multiply -> irfft2, exactly as GFNet writes it",
+    widens_16bit=True,
 ))

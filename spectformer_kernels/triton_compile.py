@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from . import triton_backend as tb
+from .contract import half_spectrum_size, weight_shape
 
 ALIGNMENT = 256  # device allocations (torch's caching allocator) are at least this aligned
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,7 +71,7 @@ class _StandInMatrices:
     """Every matrix either kernel form reads (``kernel_matrices``), as stand-ins."""
 
     def __init__(self, h: int, w: int):
-        wk = w // 2 + 1
+        wk = half_spectrum_size(w)
         self.w_forward = DeviceTensor((2 * wk, w), torch.float32)
         self.h_forward = DeviceTensor((2 * h, 2 * h), torch.float32)
         self.w_inverse = DeviceTensor((w, 2 * wk), torch.float32)
@@ -83,12 +84,12 @@ def launch_arguments(kernel: str, dtype: str, batch: int, h: int, w: int, c: int
     (``dtype``: fp32/bf16/fp16)."""
     dt = DTYPES[dtype]
     x = DeviceTensor((batch, h, w, c), dt)
-    weight = DeviceTensor((h, w // 2 + 1, c, 2), torch.float32)
+    weight = DeviceTensor(weight_shape(h, w, c), torch.float32)
     mats = _StandInMatrices(h, w)
     if kernel == "forward":
         return tb.forward_arguments(x, weight, DeviceTensor(x.shape, dt), mats)
     groups = -(-batch // tb.BATCH_PER_PROGRAM)
-    partials = DeviceTensor((groups, h, w // 2 + 1, c, 2), torch.float32)
+    partials = DeviceTensor((groups, *weight_shape(h, w, c)), torch.float32)
     return tb.backward_arguments(DeviceTensor(x.shape, dt), x, weight, DeviceTensor(x.shape, dt),
                                  partials, mats)
 

@@ -6,6 +6,8 @@ import secrets
 
 import torch
 
+from spectformer_kernels import oracle
+
 # Relative error against the float64 oracle (README, "Backends").
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float64: 1e-12}
 
@@ -43,6 +45,17 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual = actual.detach().to("cpu", torch.float64)
     expected = expected.detach().to("cpu", torch.float64)
     return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
+def assert_matches_oracle(x, weight, grad, outputs, label: str) -> None:
+    """``outputs = (y, grad_x, grad_weight)`` of the gate at ``(x, weight)`` with output
+    gradient ``grad``, each within the accuracy bar of ``x``'s dtype of the float64 oracle.
+    A NaN is an element the kernel never wrote (kernel tests poison their outputs with NaN)."""
+    tol = TOLERANCE[x.dtype]
+    for name, got, want in zip(("y", "dx", "dK"), outputs, oracle(x, weight, grad)):
+        assert torch.isfinite(got.float()).all(), f"{label} {name}: unwritten (NaN) elements"
+        err = rel_err(got, want)
+        assert err <= tol, f"{label} {name}: rel err {err:.2e} > {tol}"
 
 
 def check_bf16_autocast_and_channels_last(model: torch.nn.Module, x: torch.Tensor) -> None:

@@ -240,11 +240,53 @@ def test_torch_flop_counter_knows_the_op():
 
 
 @pytest.mark.parametrize("backend", ["reference", "dft"])
-def test_autocast_runs_in_the_autocast_dtype_with_fp32_accuracy_inside(backend):
-    x, weight, _ = make_inputs((2, 7, 7, 16))
+def test_autocast_rounds_only_the_result_of_an_fp32_backend(backend):
+    x, weight, grad = make_inputs((2, 7, 7, 16))
+    x.requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = spectral_gate(x, weight, backend=backend)
     assert y.dtype == torch.bfloat16
-    # The op sees the bf16-rounded input; its own arithmetic must stay fp32-accurate.
-    expected = oracle(x.to(torch.bfloat16), weight)
-    assert rel_err(y, expected) < 4e-3  # only the final bf16 rounding of y remains
+    # The backend computes in fp32 anyway, so it gets the fp32 input: the result is the fp32
+    # result rounded once, not that of an input rounded to bf16 first.
+    assert torch.equal(y, spectral_gate(x, weight, backend=backend).to(torch.bfloat16))
+    (gx,) = torch.autograd.grad(y, x, grad.to(torch.bfloat16))
+    assert gx.dtype == torch.float32
+    assert rel_err(gx, oracle(x, weight, grad.to(torch.bfloat16).float())[1]) < 1e-5
+
+    # Detail below bf16's resolution at 1.0 would vanish if x were rounded: with the DC bin
+    # of the filter zeroed, only that detail reaches the output.
+    detail = 1.0 + 5e-4 * torch.randn(2, 7, 7, 16).clamp(-3, 3)  # within 2**-9 of 1
+    assert torch.equal(detail.to(torch.bfloat16), torch.ones_like(detail, dtype=torch.bfloat16))
+    no_dc = weight.clone()
+    no_dc[0, 0] = 0.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = spectral_gate(detail, no_dc, backend=backend)
+    assert rel_err(y, oracle(detail, no_dc)) < 1e-2  # only the final bf16 rounding of y
+
+
+@pytest.fixture
+def recording_backends():
+    """Two backends that record the dtype of the ``x`` they get: one that computes from
+    16-bit inputs as they are, one that widens them to fp32 first."""
+    seen = {}
+
+    def recorder(name):
+        def forward(x, weight):
+            seen[name] = x.dtype
+            return sk.spectral_gate_dft(x, weight)
+        return forward
+
+    for name, widens in (("test_16bit_io", False), ("test_widening", True)):
+        sk.register_backend(Backend(name, recorder(name), sk.spectral_gate_dft_backward,
+                                    "records its input dtype", widens_16bit=widens))
+    yield seen
+    for name in seen:
+        sk.unregister_backend(name)
+
+
+def test_autocast_rounds_the_input_only_for_a_16bit_kernel(recording_backends):
+    x, weight, _ = make_inputs((2, 5, 6, 3))
+    for name in ("test_16bit_io", "test_widening"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert spectral_gate(x, weight, backend=name).dtype == torch.bfloat16
+    assert recording_backends == {"test_16bit_io": torch.bfloat16, "test_widening": torch.float32}

@@ -126,7 +126,39 @@ def test_validate_takes_the_model_from_a_training_checkpoint(tmp_path, capsys):
     assert "spectformer_digits (model weights after epoch 1) on digits" in capsys.readouterr().out
     err = refused(capsys, validate.main, "spectformer.validate",
                   ["--model", "spectformer_t", "--checkpoint", str(out / "last.pt")])
-    assert "does not fit --model spectformer_t" in err
+    assert f"--checkpoint {str(out / 'last.pt')!r} does not fit the model spectformer_t" in err
+
+
+def test_library_errors_name_the_flag_on_the_command_line(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b", "c"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            Image.new("L", (8, 8)).save(tmp_path / "data" / split / cls / "x.png")
+    # Found only when the folder is scanned: the data module's error, said with the flag.
+    err = refused(capsys, validate.main, "spectformer.validate",
+                  ["--model", "spectformer_digits", "--data", str(tmp_path / "data"),
+                   "--num-classes", "2", "--workers", "0"])
+    assert "error: --num-classes 2 is smaller than the 3 classes in" in err
+    official = tmp_path / "official.pth"
+    torch.save(spectformer.create_model("spectformer_digits").state_dict(), official)
+    err = refused(capsys, validate.main, "spectformer.validate",
+                  ["--model", "spectformer_digits", "--data", "digits", "--ema",
+                   "--checkpoint", str(official)])
+    assert f"error: --checkpoint {str(official)!r} is not a training checkpoint" in err
+    assert "EMA" in err
+
+
+def test_one_line_says_a_setting_as_its_flag():
+    from spectformer.errors import SettingError
+
+    exc = SettingError("num_classes", "5 is too small for the digits data set (10 classes)")
+    assert str(exc) == "num_classes 5 is too small for the digits data set (10 classes)"
+    assert cli.one_line(exc) == "--num-classes 5 is too small for the digits data set (10 classes)"
+    resumed = training_state.CheckpointError("resume", "'x.pt' lacks optimizer")
+    assert isinstance(resumed, RuntimeError) and isinstance(resumed, ValueError)
+    assert cli.one_line(resumed) == "--resume 'x.pt' lacks optimizer"
 
 
 def test_malformed_flag_value_is_one_line(capsys):

@@ -20,8 +20,9 @@ import torch
 
 import spectformer_kernels as sk
 import helpers
-from helpers import TOLERANCE, fresh_seed, make_inputs, rel_err
+from helpers import assert_matches_oracle, fresh_seed, make_inputs, rel_err
 from spectformer_kernels import cuda_backend, oracle, spectral_gate
+from spectformer_kernels.contract import half_spectrum_weights, self_conjugate_bins
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -40,6 +41,21 @@ def _cufft_paths():
 
 def _nvcc() -> str | None:
     return _cufft_paths().find_nvcc()
+
+
+def _require_nvcc() -> str:
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (install a CUDA toolkit or set CUDA_HOME)")
+    return nvcc
+
+
+def _compile_for_sm90(nvcc: str, *arguments: str) -> None:
+    """Compile as the per-file checks do (sm_90, every warning an error); fail with nvcc's
+    output."""
+    command = [nvcc, "-arch=sm_90", "-std=c++17", "-O1", "-Werror", "all-warnings", *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"nvcc failed:\n{result.stdout}{result.stderr}"
 
 
 def _cufft_include() -> Path | None:
@@ -74,26 +90,22 @@ CUFFTDX_QUICK_GRID = 7
 
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
 def test_cuda_source_compiles_for_sm90(source, tmp_path):
-    nvcc = _nvcc()
-    if nvcc is None:
-        pytest.skip("nvcc not found (install a CUDA toolkit or set CUDA_HOME)")
-    command = [nvcc, "-arch=sm_90", "-std=c++17", "-O1", "-Werror", "all-warnings",
-               "-I", str(CSRC), "-c", str(source), "-o", str(tmp_path / "out.o")]
+    nvcc = _require_nvcc()
+    command = ["-I", str(CSRC), "-c", str(source), "-o", str(tmp_path / "out.o")]
     if _uses_cufftdx(source):
         includes = _cufft_paths().find_cufftdx()
         if includes is None:
             pytest.skip("cuFFTDx headers not found (the nvidia-mathdx wheel, 'test' extra)")
         # -isystem: the library's own headers are not held to this project's -Werror.
-        command[1:1] = [f"-DSPECTFORMER_CUFFTDX_ONLY_GRID={CUFFTDX_QUICK_GRID}",
-                        *(arg for folder in includes for arg in ("-isystem", str(folder)))]
+        command[:0] = [f"-DSPECTFORMER_CUFFTDX_ONLY_GRID={CUFFTDX_QUICK_GRID}",
+                       *(arg for folder in includes for arg in ("-isystem", str(folder)))]
     if any(h.startswith("cufft") for h in _includes(source)):
         include = _cufft_include()
         if include is None:
             pytest.skip("cufft.h not found: the toolkit has none and the nvidia-cufft wheel "
                         "(the 'test' extra) is not installed")
-        command[1:1] = ["-I", str(include)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"nvcc failed on {source.name}:\n{result.stdout}{result.stderr}"
+        command[:0] = ["-I", str(include)]
+    _compile_for_sm90(nvcc, *command)
 
 
 # The whole cuFFTDx file, every grid, as the extension build compiles it (about 30 s of nvcc
@@ -126,9 +138,7 @@ def parse_ptxas(report: str) -> dict:
 
 @pytest.mark.slow
 def test_cufftdx_kernels_have_no_spills(tmp_path):
-    nvcc = _nvcc()
-    if nvcc is None:
-        pytest.skip("nvcc not found (install a CUDA toolkit or set CUDA_HOME)")
+    nvcc = _require_nvcc()
     if _cufft_paths().find_cufftdx() is None:
         pytest.skip("cuFFTDx headers not found (the nvidia-mathdx wheel, 'test' extra)")
     kernels = parse_ptxas(_ptxas_report(nvcc, tmp_path))
@@ -142,9 +152,7 @@ def test_cufftdx_kernels_have_no_spills(tmp_path):
 def test_cufft_lto_callbacks_compile(tmp_path):
     """The build's callback step: cufft_callbacks.cu to an LTO-IR fatbin for sm_80 and sm_90
     (embedded as a C array), then cufft_gate.cu with SPECTFORMER_CUFFT_LTO_CALLBACKS against it."""
-    nvcc = _nvcc()
-    if nvcc is None:
-        pytest.skip("nvcc not found (install a CUDA toolkit or set CUDA_HOME)")
+    nvcc = _require_nvcc()
     include = _cufft_include()
     if include is None:
         pytest.skip("cufftXt.h not found (the nvidia-cufft wheel, 'test' extra)")
@@ -157,11 +165,9 @@ def test_cufft_lto_callbacks_compile(tmp_path):
     except subprocess.CalledProcessError as error:
         pytest.fail(f"LTO-IR build of cufft_callbacks.cu failed:\n{error.stdout}{error.stderr}")
     assert header.stat().st_size > 1000
-    command = [nvcc, "-arch=sm_90", "-std=c++17", "-O1", "-Werror", "all-warnings",
-               "-DSPECTFORMER_CUFFT_LTO_CALLBACKS=1", "-I", str(CSRC), "-I", str(include),
-               "-I", str(tmp_path), "-c", str(CSRC / "cufft_gate.cu"), "-o", str(tmp_path / "g.o")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"nvcc failed:\n{result.stdout}{result.stderr}"
+    _compile_for_sm90(nvcc, "-DSPECTFORMER_CUFFT_LTO_CALLBACKS=1", "-I", str(CSRC),
+                      "-I", str(include), "-I", str(tmp_path), "-c", str(CSRC / "cufft_gate.cu"),
+                      "-o", str(tmp_path / "g.o"))
 
 
 def test_lto_arch_list():
@@ -232,7 +238,7 @@ def _hermitian_part_of_self_conjugate_columns(spec: torch.Tensor, w: int) -> tor
     out = spec.clone()
     h = spec.shape[1]
     mirror = (-torch.arange(h)) % h
-    for k in [0] + ([w // 2] if w % 2 == 0 else []):
+    for k in self_conjugate_bins(w):
         out[:, :, k] = (spec[:, :, k] + spec[:, mirror, k].conj()) / 2
     return out
 
@@ -261,10 +267,7 @@ def test_cufft_gate_algebra_matches_oracle(shape):
     X = torch.fft.rfft2(x, dim=(1, 2))
     y = _exact_c2r(_hermitian_part_of_self_conjugate_columns(X * k * scale, w), w)
     D = torch.fft.rfft2(grad, dim=(1, 2))
-    ck = torch.full((w // 2 + 1,), 2.0, dtype=torch.float64)
-    ck[0] = 1.0
-    if w % 2 == 0:
-        ck[-1] = 1.0
+    ck = half_spectrum_weights(w)
     dk = (X.conj() * D).sum(0) * ck[:, None] * scale
     dx = _exact_c2r(_hermitian_part_of_self_conjugate_columns(D * k.conj() * scale, w), w)
     y64, gx64, gw64 = oracle(x, weight, grad)
@@ -283,11 +286,11 @@ def test_cufft_callback_gate_algebra(shape):
     k = torch.view_as_complex(weight.contiguous())
     mirror = (-torch.arange(h)) % h
     k_cb = k.clone()
-    for col in [0] + ([w // 2] if w % 2 == 0 else []):
+    for col in self_conjugate_bins(w):
         k_cb[:, col] = (k[:, col] + k[mirror, col].conj()) / 2
     X = torch.fft.rfft2(x, dim=(1, 2))
     Y = X * k_cb / (h * w)
-    for col in [0] + ([w // 2] if w % 2 == 0 else []):
+    for col in self_conjugate_bins(w):
         herm = torch.view_as_real(Y[:, mirror, col].conj().resolve_conj())
         assert rel_err(herm, torch.view_as_real(Y[:, :, col])) < 1e-13
     y64 = oracle(x, weight)
@@ -353,12 +356,7 @@ def _check(shape, dtype, backend, seed, transform=lambda t: t):
     x = transform(x)
     y, gx, gw = _run(x, weight, grad, backend)
     assert y.dtype == dtype and gx.dtype == dtype and gw.dtype == torch.float32
-    y64, gx64, gw64 = oracle(x, weight, grad)
-    tol = TOLERANCE[dtype]
-    for name, got, want in (("y", y, y64), ("dx", gx, gx64), ("dK", gw, gw64)):
-        assert torch.isfinite(got).all(), f"{backend} {shape} {dtype} {name}: unwritten (NaN) elements"
-        err = rel_err(got, want)
-        assert err <= tol, f"{backend} {shape} {dtype} {name}: rel err {err:.2e} > {tol} (seed {seed})"
+    assert_matches_oracle(x, weight, grad, (y, gx, gw), f"{backend} {shape} {dtype} (seed {seed})")
 
 
 @needs_cuda_backend

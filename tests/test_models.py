@@ -214,6 +214,24 @@ def test_bad_configurations_fail_clearly():
         model(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match=r"expected images \(B, 3, 64, 64\)"):
         tiny_hierarchical()(torch.randn(1, 3, 96, 96))
+    for name, arg in (("gfnet_h_ti", "depths"), ("spectformer_h_s", "num_heads")):
+        with pytest.raises(ValueError, match=f"{arg} must give one value for each of the 4 stages"):
+            on_meta(name, **{arg: (1, 2, 3)})
+
+
+@pytest.mark.parametrize("name", ["spectformer_digits", "gfnet_h_ti", "spectformer_h_s"])
+def test_reset_classifier_gives_a_fresh_head_or_none(name):
+    model = spectformer.create_model(name, img_size=32 if name == "spectformer_digits" else 64)
+    images = torch.randn(2, *model.default_cfg["input_size"])
+    model.reset_classifier(5)
+    heads = [model.head] + ([model.aux_head] if getattr(model, "token_label", False) else [])
+    for head in heads:
+        assert head.out_features == 5 and torch.count_nonzero(head.bias) == 0
+        assert 0 < head.weight.std().item() < 0.03  # trunc-normal, std 0.02
+    assert model.eval()(images).shape == (2, 5)
+    model.reset_classifier(0)
+    assert isinstance(model.head, torch.nn.Identity) and model.num_classes == 0
+    assert model(images).shape == (2, model.num_features)
 
 
 # -- forward / backward everywhere -----------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import spectformer
-from spectformer import config, train
+from spectformer import cli, config, train
 from spectformer.data import ImageFolderDataset, ImageSpec
 from spectformer.models.hierarchical import swap_box
 from spectformer.token_labeling import (
@@ -53,9 +53,9 @@ def test_score_map_files(tmp_path):
     with pytest.raises(ValueError, match="class indices"):
         dense_scores(scores, indices, 5)
     torch.save(torch.zeros(3, 4), tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match=r"--token-label-data.*\(2, k, h, w\)"):
+    with pytest.raises(ValueError, match=r"score map '.*bad.pt' must hold a \(2, k, h, w\)"):
         load_score_map(tmp_path / "bad.pt")
-    with pytest.raises(FileNotFoundError, match="--token-label-data"):
+    with pytest.raises(FileNotFoundError, match="no score map '.*missing.pt'"):
         load_score_map(tmp_path / "missing.pt")
 
 
@@ -96,8 +96,11 @@ def test_dataset_crops_and_flips_score_maps_with_the_image(tmp_path):
             flipped += int(brightness.view(4, 4)[:, 0].mean() > brightness.view(4, 4)[:, -1].mean())
             assert label in (0, 1)
     assert checked > 200 and 5 < flipped < 43
-    with pytest.raises(FileNotFoundError, match="--token-label-data"):
+    with pytest.raises(FileNotFoundError, match="^score_root '.*nowhere' is not a folder") as info:
         TokenLabelDataset(images, tmp_path / "nowhere", 3, (4, 4))
+    assert info.value.setting == "score_root"
+    with pytest.raises(FileNotFoundError, match=r"^score_root '.*' must hold score maps.*\.pt"):
+        TokenLabelDataset(images, tmp_path / "train", 3, (4, 4))
 
 
 def test_combined_loss():
@@ -117,7 +120,7 @@ def test_combined_loss():
     soft = targets * 0.9 + 0.02
     torch.testing.assert_close(smooth, ce(cls_logits, soft[:, 0]) + 0.5 * ce(token_logits.reshape(-1, 5),
                                                                             soft[:, 1:].reshape(-1, 5)))
-    with pytest.raises(ValueError, match="--token-label-size"):
+    with pytest.raises(ValueError, match=r"token targets must be .* got \(4, 5, 5\)"):
         token_label_loss(cls_logits, token_logits, targets[:, :5])
 
 
@@ -172,7 +175,7 @@ def test_token_label_flags_are_validated(tmp_path):
         resolve("--model", "spectformer_h_s", "--data", str(data), "--dense-weight", "-1")
 
 
-def test_training_with_token_labels(tmp_path):
+def test_training_with_token_labels(tmp_path, capsys):
     write_folder(tmp_path / "data" / "train", tmp_path / "scores", per_class=4)
     write_folder(tmp_path / "data" / "val", tmp_path / "unused", per_class=1)
     common = ["--data", str(tmp_path / "data"), "--token-label-data", str(tmp_path / "scores"),
@@ -184,6 +187,12 @@ def test_training_with_token_labels(tmp_path):
     with pytest.raises(ValueError, match="--token-label-size 7 does not match.*2x2"):
         train.main(["--model", "spectformer_h_s", *common, "--token-label-size", "7",
                     "--output", str(tmp_path / "no2")])
+    # The library names the folder score_root; the command line names the flag that set it.
+    nowhere = str(tmp_path / "nowhere")
+    argv = ["--model", "spectformer_h_s", *common, "--token-label-data", nowhere,
+            "--output", str(tmp_path / "no3")]
+    assert cli.run(train.main, "spectformer.train", argv) == cli.ERROR_EXIT
+    assert f"error: --token-label-data {nowhere!r} is not a folder" in capsys.readouterr().err
     out = tmp_path / "run"
     assert train.main(["--model", "spectformer_h_s", *common, "--token-label-size", "2",
                        "--output", str(out)]) == 0

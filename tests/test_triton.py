@@ -7,10 +7,11 @@ same checks also run at the model's sizes.
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 import torch
+
+import helpers
+from helpers import TOLERANCE, assert_matches_oracle, fresh_seed, rel_err
 
 pytest.importorskip("triton")
 
@@ -29,7 +30,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 GRIDS = [(5, 9), (7, 7), (14, 14), (3, 16), (1, 1)]
 CHANNELS = [13, 33, 70]
@@ -38,19 +38,9 @@ GPU_SHAPES = [(128, 14, 14, 384), (32, 7, 7, 768), (16, 28, 28, 128), (8, 56, 56
 
 
 def make_inputs(shape, dtype, seed=None):
-    """Fresh random x, weight (fp32) and grad_y; returns the seed for failure messages."""
-    seed = secrets.randbits(31) if seed is None else seed
-    b, h, w, c = shape
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, h, w, c, generator=gen).to(DEVICE, dtype)
-    weight = torch.randn(h, w // 2 + 1, c, 2, generator=gen).to(DEVICE)
-    grad = torch.randn(b, h, w, c, generator=gen).to(DEVICE, dtype)
-    return x, weight, grad, seed
-
-
-def rel_err(actual, expected):
-    actual = actual.detach().to("cpu", torch.float64)
-    return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+    """``helpers.make_inputs`` on this module's device, plus the seed for failure messages."""
+    seed = fresh_seed() if seed is None else seed
+    return (*helpers.make_inputs(shape, dtype, DEVICE, seed), seed)
 
 
 @pytest.fixture(autouse=True)
@@ -66,13 +56,8 @@ def check_against_oracle(x, weight, grad, seed):
     grad_x, grad_weight = triton_backend.spectral_gate_triton_backward(grad, x, weight)
     assert y.dtype == x.dtype and grad_x.dtype == x.dtype and grad_weight.dtype == weight.dtype
     assert y.shape == x.shape and grad_x.shape == x.shape and grad_weight.shape == weight.shape
-    y64, gx64, gw64 = oracle(x, weight, grad)
-    tol = TOLERANCE[x.dtype]
-    for name, got, want in (("y", y, y64), ("dx", grad_x, gx64), ("dK", grad_weight, gw64)):
-        assert torch.isfinite(got).all(), f"{name}: unwritten (NaN) elements, seed {seed}"
-        err = rel_err(got, want)
-        assert err <= tol, (
-            f"{tuple(x.shape)} {x.dtype} {name}: rel err {err:.2e} > {tol} (seed {seed})")
+    assert_matches_oracle(x, weight, grad, (y, grad_x, grad_weight),
+                          f"{tuple(x.shape)} {x.dtype} (seed {seed})")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -147,7 +132,7 @@ def test_empty_batch():
 
 
 def test_module_and_autograd_through_the_op():
-    torch.manual_seed(secrets.randbits(31))
+    torch.manual_seed(fresh_seed())
     layer = SpectralGatingNetwork(dim=33, h=7, w=4, backend="triton").to(DEVICE)
     reference = SpectralGatingNetwork(dim=33, h=7, w=4, backend="reference").to(DEVICE)
     reference.load_state_dict(layer.state_dict())
@@ -159,7 +144,7 @@ def test_module_and_autograd_through_the_op():
         y.square().sum().backward()
         outputs.append((y, x.grad, module.complex_weight.grad))
     for got, want in zip(*outputs):
-        assert rel_err(got, want.to("cpu", torch.float64)) <= 1e-5
+        assert rel_err(got, want) <= 1e-5
 
 
 def test_opcheck():

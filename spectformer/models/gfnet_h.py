@@ -20,7 +20,9 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .layers import init_vit_weights, stochastic_depth_rates
+from .layers import (
+    ReplaceableHead, check_per_stage, classifier, init_vit_weights, stochastic_depth_rates,
+)
 from .registry import build_model, register_model
 from .spectral import BackendSwitchMixin
 from .vanilla import PatchEmbed, SpectralBlock
@@ -54,7 +56,7 @@ class DownLayer(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-class GFNetH(BackendSwitchMixin, nn.Module):
+class GFNetH(BackendSwitchMixin, ReplaceableHead, nn.Module):
     """Hierarchical GFNet. ``layer_scale=False`` is the official ``no_layerscale`` variant.
 
     Stage grids follow the convolutions: ``img_size // 4``, then halved (rounding down) per
@@ -80,9 +82,7 @@ class GFNetH(BackendSwitchMixin, nn.Module):
         backend: Optional[str] = None,
     ):
         super().__init__()
-        for arg, value in (("embed_dims", embed_dims), ("depths", depths), ("mlp_ratios", mlp_ratios)):
-            if len(value) != STAGES:
-                raise ValueError(f"{arg} must give one value for each of the {STAGES} stages, got {value!r}")
+        check_per_stage(STAGES, embed_dims=embed_dims, depths=depths, mlp_ratios=mlp_ratios)
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dims[-1]
         self.spectral_layer = spectral_layer
@@ -115,19 +115,13 @@ class GFNetH(BackendSwitchMixin, nn.Module):
                              else SpectralBlock(*args))
             self.blocks.append(stage)
         self.norm = nn.LayerNorm(embed_dims[-1], eps=1e-6)
-        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier(embed_dims[-1], num_classes)
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.apply(init_vit_weights)  # convolutions keep PyTorch's default, as in the official code
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            init_vit_weights(self.head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> pooled features ``(B, D3)`` (final norm, then mean over stage-4 tokens)."""

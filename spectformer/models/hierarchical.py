@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from .layers import (
-    Mlp, SplitQKVAttention, check_heads, drop_path_or_identity, init_conv_fan_out,
-    init_vit_weights, split_qkv_attention, stochastic_depth_rates, to_2tuple,
+    Mlp, ReplaceableHead, SplitQKVAttention, check_heads, check_per_stage, drop_path_or_identity,
+    init_conv_fan_out, init_vit_weights, split_qkv_attention, stochastic_depth_rates, to_2tuple,
 )
 from .registry import build_model, register_model
 from .spectral import BackendSwitchMixin, make_spectral_layer
@@ -146,7 +146,7 @@ class ClassBlock(nn.Module):
         return torch.cat((cls, x[:, 1:]), dim=1)
 
 
-class SpectFormerH(BackendSwitchMixin, nn.Module):
+class SpectFormerH(BackendSwitchMixin, ReplaceableHead, nn.Module):
     """Hierarchical SpectFormer: strides 4/8/16/32, the first ``spectral_stages`` stages spectral.
 
     With ``token_label=True`` (the official models) an auxiliary head scores every patch
@@ -172,11 +172,8 @@ class SpectFormerH(BackendSwitchMixin, nn.Module):
         token_label: bool = True,
     ):
         super().__init__()
-        stage_args = {"embed_dims": embed_dims, "num_heads": num_heads, "mlp_ratios": mlp_ratios,
-                      "depths": depths}
-        for arg, value in stage_args.items():
-            if len(value) != 4:
-                raise ValueError(f"{arg} must give one value for each of the 4 stages, got {value!r}")
+        check_per_stage(4, embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios,
+                        depths=depths)
         if not 0 <= spectral_stages <= 4:
             raise ValueError(f"spectral_stages must be in [0, 4], got {spectral_stages!r}")
         self.num_classes = num_classes
@@ -204,25 +201,19 @@ class SpectFormerH(BackendSwitchMixin, nn.Module):
             setattr(self, f"norm{i + 1}", nn.LayerNorm(dim, eps=BLOCK_NORM_EPS))
 
         self.post_network = nn.ModuleList([ClassBlock(embed_dims[-1], num_heads[-1], mlp_ratios[-1])])
-        self.head = self._classifier(num_classes)
+        self.head = self.new_head(num_classes)
         if token_label:
-            self.aux_head = self._classifier(num_classes)
+            self.aux_head = self.new_head(num_classes)
         self.apply(init_vit_weights)
         self.apply(init_conv_fan_out)
-
-    def _classifier(self, num_classes: int) -> nn.Module:
-        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        init_vit_weights(head)
-        return head
 
     def no_weight_decay(self) -> set[str]:
         return set()
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = self._classifier(num_classes)
+        super().reset_classifier(num_classes)
         if self.token_label:
-            self.aux_head = self._classifier(num_classes)
+            self.aux_head = self.new_head(num_classes)
 
     def forward_tokens(self, x: torch.Tensor, mix_box: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Images -> normalised tokens ``(B, 1 + N, C)``: the class token, then stage-4 tokens.

@@ -108,6 +108,33 @@ def split_qkv_attention(layer: nn.Module, queries: torch.Tensor, x: torch.Tensor
     return layer.proj(attention(q, k, v, 0.0).transpose(1, 2).reshape(b, m, c))
 
 
+def check_per_stage(stages: int, **values) -> None:
+    """Each of ``values`` (a sequence per argument name) gives one value per stage."""
+    for arg, value in values.items():
+        if len(value) != stages:
+            raise ValueError(f"{arg} must give one value for each of the {stages} stages, "
+                             f"got {value!r}")
+
+
+def classifier(num_features: int, num_classes: int) -> nn.Module:
+    """A linear classifier, or none for ``num_classes=0`` (the pooled features come out).
+    Not initialised: a model initialises all its layers in one pass."""
+    return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+class ReplaceableHead:
+    """``reset_classifier(num_classes)``: a new, initialised ``head`` on ``num_features``."""
+
+    def new_head(self, num_classes: int) -> nn.Module:
+        head = classifier(self.num_features, num_classes)
+        init_vit_weights(head)
+        return head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = self.new_head(num_classes)
+
+
 def init_vit_weights(module: nn.Module) -> None:
     """Linear: trunc-normal std 0.02, zero bias; LayerNorm: ones and zeros."""
     if isinstance(module, nn.Linear):

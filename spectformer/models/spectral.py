@@ -22,7 +22,7 @@ from torch import nn
 from spectformer_kernels import SpectralGatingNetwork
 # The op's compute dtype serves these layers too: torch.fft has no bf16/fp16 kernels on
 # every device, so they transform in fp32 (fp64 for fp64 inputs).
-from spectformer_kernels.contract import compute_dtype
+from spectformer_kernels.contract import compute_dtype, half_spectrum_size
 
 SPECTRAL_LAYERS = ("fgn", "fn", "afno", "wgn")
 
@@ -78,15 +78,15 @@ class AdaptiveFourierMixing(nn.Module):
 
     def forward(self, x: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
         grid = _grid(x, spatial_size)
-        b, h, w, c = grid.shape
+        _, h, w, _ = grid.shape
         spec = torch.fft.rfft2(grid.to(compute_dtype(grid.dtype)), dim=(1, 2), norm="ortho")
-        re = spec.real.reshape(b, h, w // 2 + 1, self.num_blocks, self.block_size)
+        re = spec.real.reshape(*spec.shape[:3], self.num_blocks, self.block_size)
         im = spec.imag.reshape(re.shape)
         w1, b1, w2, b2 = (p.to(re.dtype) for p in (self.w1, self.b1, self.w2, self.b2))
         re, im = self._complex_linear(re, im, w1, b1)
         re, im = self._complex_linear(F.relu(re), F.relu(im), w2, b2)
-        re = F.softshrink(re, self.sparsity_threshold).reshape(b, h, w // 2 + 1, c)
-        im = F.softshrink(im, self.sparsity_threshold).reshape(b, h, w // 2 + 1, c)
+        re = F.softshrink(re, self.sparsity_threshold).reshape(spec.shape)
+        im = F.softshrink(im, self.sparsity_threshold).reshape(spec.shape)
         mixed = torch.fft.irfft2(torch.complex(re, im), s=(h, w), dim=(1, 2), norm="ortho")
         return (mixed.to(x.dtype) + grid).reshape(x.shape)
 
@@ -138,7 +138,7 @@ def make_spectral_layer(kind: str, dim: int, grid: Sequence[int],
     """A token mixer of type ``kind`` (one of ``SPECTRAL_LAYERS``) for a ``grid = (H, W)``."""
     if kind == "fgn":
         h, w = grid
-        return SpectralGatingNetwork(dim, h=h, w=w // 2 + 1, backend=backend)
+        return SpectralGatingNetwork(dim, h=h, w=half_spectrum_size(w), backend=backend)
     if kind == "fn":
         return FourierMixing()
     if kind == "afno":

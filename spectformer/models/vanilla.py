@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from .layers import (
-    FusedQKVAttention, Mlp, drop_path_or_identity, init_vit_weights, stochastic_depth_rates,
-    to_2tuple,
+    FusedQKVAttention, Mlp, ReplaceableHead, classifier, drop_path_or_identity, init_vit_weights,
+    stochastic_depth_rates, to_2tuple,
 )
 from .registry import build_model, register_model
 from .spectral import BackendSwitchMixin, make_spectral_layer
@@ -76,7 +76,7 @@ class AttentionBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class SpectFormer(BackendSwitchMixin, nn.Module):
+class SpectFormer(BackendSwitchMixin, ReplaceableHead, nn.Module):
     """Isotropic SpectFormer: patch embedding + ``alpha`` spectral blocks + attention blocks.
 
     ``alpha=0`` is a DeiT-like pure-attention model without class token, ``alpha=depth``
@@ -122,19 +122,13 @@ class SpectFormer(BackendSwitchMixin, nn.Module):
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier(embed_dim, num_classes)
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.apply(init_vit_weights)
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            init_vit_weights(self.head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> pooled features ``(B, D)`` (final norm, then mean over tokens)."""
