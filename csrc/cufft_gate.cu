@@ -630,35 +630,58 @@ Status plan_work_bytes(const GateShape& s, ScalarType dtype, cudaStream_t stream
   return Status();
 }
 
+// The plans one call runs on, with its workspace checked and carved: the callback plans
+// where they can be made (cb), else the plain pair (plain).
+struct CallPlans {
+#if SPECTFORMER_CUFFT_LTO_CALLBACKS
+  std::shared_ptr<CallbackPlans> cb;
+#endif
+  std::shared_ptr<PlanPair> plain;
+  Scratch sc{};
+};
+
+Status plans_for_call(const GateShape& s, ScalarType dtype, void* workspace,
+                      size_t workspace_bytes, cudaStream_t stream, CallPlans* call) {
+  size_t work_bytes = 0;
+  bool callbacks = false;
+#if SPECTFORMER_CUFFT_LTO_CALLBACKS
+  SPECTFORMER_RETURN_IF_ERROR(get_callback_plans(s, dtype, stream, &call->cb));
+  callbacks = call->cb != nullptr;
+  if (callbacks) work_bytes = call->cb->work_bytes;
+#else
+  (void)dtype;
+#endif
+  if (!callbacks) {
+    SPECTFORMER_RETURN_IF_ERROR(
+        get_plans(s.batch * s.channels, s.height, s.width, stream, &call->plain));
+    work_bytes = call->plain->work_bytes;
+  }
+  SPECTFORMER_RETURN_IF_ERROR(validate_workspace(s, work_bytes, workspace, workspace_bytes));
+  call->sc = carve(s, workspace);
+  return Status();
+}
+
 template <typename T>
 Status forward_impl(const GateShape& s, ScalarType dtype, const void* x, Strides4 xs,
                     const float* weight, void* y, void* workspace, size_t workspace_bytes,
                     cudaStream_t stream) {
+  CallPlans call;
+  SPECTFORMER_RETURN_IF_ERROR(plans_for_call(s, dtype, workspace, workspace_bytes, stream, &call));
 #if SPECTFORMER_CUFFT_LTO_CALLBACKS
-  std::shared_ptr<CallbackPlans> cb;
-  SPECTFORMER_RETURN_IF_ERROR(get_callback_plans(s, dtype, stream, &cb));
-  if (cb) {
-    SPECTFORMER_RETURN_IF_ERROR(validate_workspace(s, cb->work_bytes, workspace, workspace_bytes));
-    return forward_with_callbacks(cb.get(), s, x, xs, weight, y, carve(s, workspace), stream);
-  }
-#else
-  (void)dtype;
+  if (call.cb) return forward_with_callbacks(call.cb.get(), s, x, xs, weight, y, call.sc, stream);
 #endif
-  std::shared_ptr<PlanPair> plans;
-  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, stream, &plans));
-  SPECTFORMER_RETURN_IF_ERROR(
-      validate_workspace(s, plans->work_bytes, workspace, workspace_bytes));
-  const Scratch sc = carve(s, workspace);
+  PlanPair* plans = call.plain.get();
+  const Scratch& sc = call.sc;
   const int64_t bins = s.batch * s.channels * s.height * s.half_width();
   const float scale = 1.f / static_cast<float>(s.height * s.width);
 
   SPECTFORMER_RETURN_IF_ERROR(pack<T>(s, x, xs, sc.planes, stream));
-  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans.get(), sc.planes, sc.spec_a, sc.work, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans, sc.planes, sc.spec_a, sc.work, stream));
   SPECTFORMER_LAUNCH(gate_forward_kernel, elementwise_blocks(bins), kThreads, 0, stream,
       sc.spec_a, weight, sc.spec_b, s.batch * s.channels, static_cast<int>(s.height),
       static_cast<int>(s.width), static_cast<int>(s.channels), scale);
   SPECTFORMER_LAUNCH_CHECK("gate_forward_kernel");
-  SPECTFORMER_RETURN_IF_ERROR(exec_c2r(plans.get(), sc.spec_b, sc.planes, sc.work, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_c2r(plans, sc.spec_b, sc.planes, sc.work, stream));
   return unpack<T>(s, sc.planes, y, stream);
 }
 
@@ -667,35 +690,29 @@ Status backward_impl(const GateShape& s, ScalarType dtype, const void* grad_y, S
                      const void* x, Strides4 xs, const float* weight, void* grad_x,
                      float* grad_weight, void* workspace, size_t workspace_bytes,
                      cudaStream_t stream) {
+  CallPlans call;
+  SPECTFORMER_RETURN_IF_ERROR(plans_for_call(s, dtype, workspace, workspace_bytes, stream, &call));
 #if SPECTFORMER_CUFFT_LTO_CALLBACKS
-  std::shared_ptr<CallbackPlans> cb;
-  SPECTFORMER_RETURN_IF_ERROR(get_callback_plans(s, dtype, stream, &cb));
-  if (cb) {
-    SPECTFORMER_RETURN_IF_ERROR(validate_workspace(s, cb->work_bytes, workspace, workspace_bytes));
-    return backward_with_callbacks(cb.get(), s, grad_y, gs, x, xs, weight, grad_x, grad_weight,
-                                   carve(s, workspace), stream);
+  if (call.cb) {
+    return backward_with_callbacks(call.cb.get(), s, grad_y, gs, x, xs, weight, grad_x,
+                                   grad_weight, call.sc, stream);
   }
-#else
-  (void)dtype;
 #endif
-  std::shared_ptr<PlanPair> plans;
-  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, stream, &plans));
-  SPECTFORMER_RETURN_IF_ERROR(
-      validate_workspace(s, plans->work_bytes, workspace, workspace_bytes));
-  const Scratch sc = carve(s, workspace);
+  PlanPair* plans = call.plain.get();
+  const Scratch& sc = call.sc;
   const int64_t weight_bins = s.channels * s.height * s.half_width();
   const float scale = 1.f / static_cast<float>(s.height * s.width);
 
   SPECTFORMER_RETURN_IF_ERROR(pack<T>(s, x, xs, sc.planes, stream));
-  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans.get(), sc.planes, sc.spec_a, sc.work, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans, sc.planes, sc.spec_a, sc.work, stream));
   SPECTFORMER_RETURN_IF_ERROR(pack<T>(s, grad_y, gs, sc.planes, stream));
-  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans.get(), sc.planes, sc.spec_b, sc.work, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_r2c(plans, sc.planes, sc.spec_b, sc.work, stream));
   // G overwrites X in place: each bin of X is read (for dK) by the thread that writes it.
   SPECTFORMER_LAUNCH(gate_backward_kernel, elementwise_blocks(weight_bins), kThreads, 0, stream,
       sc.spec_a, sc.spec_b, weight, sc.spec_a, grad_weight, s.batch, static_cast<int>(s.height),
       static_cast<int>(s.width), static_cast<int>(s.channels), scale);
   SPECTFORMER_LAUNCH_CHECK("gate_backward_kernel");
-  SPECTFORMER_RETURN_IF_ERROR(exec_c2r(plans.get(), sc.spec_a, sc.planes, sc.work, stream));
+  SPECTFORMER_RETURN_IF_ERROR(exec_c2r(plans, sc.spec_a, sc.planes, sc.work, stream));
   return unpack<T>(s, sc.planes, grad_x, stream);
 }
 

@@ -181,12 +181,16 @@ if _TRITON_IMPORT_ERROR is None:
         return v.to(DTYPE)
 
     @triton.jit
-    def _program_block(C, BLOCK_C: tl.constexpr):
-        """(first channel, batch group) of this program. One grid axis (up to 2**31 programs):
-        the second and third allow only 65535."""
+    def _program_block(B, C, BLOCK_C: tl.constexpr, BATCH_PER_PROGRAM: tl.constexpr):
+        """This program's work: its first channel c0, its batch group, the batch range
+        [b_start, b_end) and how many of its BLOCK_C channels exist (masks compare with
+        it). One grid axis (up to 2**31 programs): the second and third allow only 65535."""
         pid = tl.program_id(0).to(tl.int64)
         n_cblocks = tl.cdiv(C, BLOCK_C)
-        return (pid % n_cblocks) * BLOCK_C, pid // n_cblocks
+        c0 = (pid % n_cblocks) * BLOCK_C
+        group = pid // n_cblocks
+        b_start = group * BATCH_PER_PROGRAM
+        return c0, group, b_start, tl.minimum(b_start + BATCH_PER_PROGRAM, B), C - c0
 
     @triton.jit
     def _split(v, DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
@@ -410,10 +414,7 @@ if _TRITON_IMPORT_ERROR is None:
         BLOCK_C: tl.constexpr, BATCH_PER_PROGRAM: tl.constexpr,
         DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, SCALE: tl.constexpr,
     ):
-        c0, group = _program_block(C, BLOCK_C)
-        b_start = group * BATCH_PER_PROGRAM
-        b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
-        n_channels = C - c0  # channels of this block that exist (masks compare with it)
+        c0, group, b_start, b_end, n_channels = _program_block(B, C, BLOCK_C, BATCH_PER_PROGRAM)
         N: tl.constexpr = BLOCK_C * (S // 2)  # spectrum columns (c, k)
 
         # The DFT matrices and the filter are loaded (and split) once per program and stay
@@ -454,10 +455,7 @@ if _TRITON_IMPORT_ERROR is None:
         BLOCK_C: tl.constexpr, BATCH_PER_PROGRAM: tl.constexpr,
         DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, SCALE: tl.constexpr,
     ):
-        c0, group = _program_block(C, BLOCK_C)
-        b_start = group * BATCH_PER_PROGRAM
-        b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
-        n_channels = C - c0
+        c0, group, b_start, b_end, n_channels = _program_block(B, C, BLOCK_C, BATCH_PER_PROGRAM)
         N: tl.constexpr = BLOCK_C * (S // 2)
 
         # Adjoints: of "@ M1" is "@ M1^T", of "@ M4" is "@ M4^T"; of "conj(Fh) @" is "Fh @"
@@ -585,10 +583,7 @@ if _TRITON_IMPORT_ERROR is None:
         """Small grids: the whole rfft2 and the whole inverse are one matrix each
         (``dft_matrices.dense_maps``), so a batch element is two products on a (BLOCK_C,
         H*W) tile with channels as rows; no regrouping between stages."""
-        c0, group = _program_block(C, BLOCK_C)
-        b_start = group * BATCH_PER_PROGRAM
-        b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
-        n_channels = C - c0
+        c0, group, b_start, b_end, n_channels = _program_block(B, C, BLOCK_C, BATCH_PER_PROGRAM)
         f_hi, f_lo = _dense_map(fwd_map_ptr, H * W, 2 * H * WK, 2 * H * WK, 1, HW, SD,
                                 DOT_DTYPE, SPLIT)
         g_hi, g_lo = _dense_map(inv_map_ptr, 2 * H * WK, H * W, H * W, 1, SD, HW,
@@ -616,10 +611,7 @@ if _TRITON_IMPORT_ERROR is None:
     ):
         """The adjoint of ``_dense_forward_kernel``: the transposed maps, dK as in the
         separable backward (conj(X) D summed over the group's batch elements in order)."""
-        c0, group = _program_block(C, BLOCK_C)
-        b_start = group * BATCH_PER_PROGRAM
-        b_end = tl.minimum(b_start + BATCH_PER_PROGRAM, B)
-        n_channels = C - c0
+        c0, group, b_start, b_end, n_channels = _program_block(B, C, BLOCK_C, BATCH_PER_PROGRAM)
         f_hi, f_lo = _dense_map(fwd_map_ptr, H * W, 2 * H * WK, 2 * H * WK, 1, HW, SD,
                                 DOT_DTYPE, SPLIT)
         ft_hi, ft_lo = _dense_map(fwd_map_ptr, 2 * H * WK, H * W, 1, 2 * H * WK, SD, HW,

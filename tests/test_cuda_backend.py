@@ -21,6 +21,7 @@ import torch
 import spectformer_kernels as sk
 import helpers
 from helpers import assert_matches_oracle, fresh_seed, make_inputs, rel_err
+from benchmarks.shapes import SHAPES
 from spectformer_kernels import cuda_backend, oracle, spectral_gate
 from spectformer_kernels.contract import half_spectrum_weights, self_conjugate_bins
 
@@ -315,15 +316,8 @@ AWKWARD_SHAPES = helpers.AWKWARD_SHAPES + [
     (1, 64, 64, 5),
     (1, 65, 33, 3),
 ]
-# Model shapes (benchmarks/shapes.py) at batch 8; one full batch-128 case is marked slow.
-MODEL_SHAPES = [
-    (8, 14, 14, 384),
-    (8, 7, 7, 768),
-    (8, 28, 28, 128),
-    (8, 28, 28, 192),
-    (8, 56, 56, 64),
-    (8, 56, 56, 96),
-]
+# The benchmark grids at batch 8; one full batch-128 case is marked slow.
+MODEL_SHAPES = [(8, *grid) for grid in SHAPES.values()]
 
 
 def _usable(backend, shape):
