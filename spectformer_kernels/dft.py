@@ -71,7 +71,6 @@ class _Matrices:
     h_factors: Optional[tuple[int, int]]
     h_forward: tuple[torch.Tensor, ...]  # (Fh,) or (F1 (N1, N1), G (N1, N2, N2))
     h_inverse: tuple[torch.Tensor, ...]  # (conj Fh,) or (G^H per k1, F1^H)
-    h_order: torch.Tensor  # frequency held at each H position of the spectrum
     c_weights: torch.Tensor  # (Wk,) c_k
 
 
@@ -89,7 +88,6 @@ def _float64_matrices(h: int, w: int) -> _Matrices:
     if factors is None:
         fh = _twiddle(torch.arange(h)[:, None], torch.arange(h)[None, :], h) / math.sqrt(h)
         h_forward, h_inverse = (fh,), (fh.conj(),)  # symmetric: F^H = conj(F)
-        order = torch.arange(h)
     else:
         n1, n2 = factors
         k1, k2 = torch.arange(n1), torch.arange(n2)
@@ -99,8 +97,7 @@ def _float64_matrices(h: int, w: int) -> _Matrices:
              * _twiddle(k2[None, :, None], k2[None, None, :], n2)) / math.sqrt(n2)
         h_forward = (f1, g)
         h_inverse = (g.conj().transpose(-1, -2), f1.conj().T)
-        order = (k1[:, None] + n1 * k2[None, :]).reshape(-1)
-    return _Matrices(forward, w_inverse, factors, h_forward, h_inverse, order, c)
+    return _Matrices(forward, w_inverse, factors, h_forward, h_inverse, c)
 
 
 _cache: dict[tuple, _Matrices] = {}
@@ -123,7 +120,7 @@ def _matrices(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _Matr
                 move(base.w_forward, dtype), move(base.w_inverse, dtype), base.h_factors,
                 tuple(move(t, cdtype) for t in base.h_forward),
                 tuple(move(t, cdtype) for t in base.h_inverse),
-                base.h_order.to(device), move(base.c_weights, dtype),
+                move(base.c_weights, dtype),
             )
         _cache[key] = found
     return found
@@ -176,20 +173,30 @@ def _image_chunks(x: torch.Tensor, chunked: bool) -> list[slice]:
     return [slice(i, min(i + step, b)) for i in range(0, b, step)]
 
 
+# The factored H axis leaves position k1 * N2 + k2 holding frequency k1 + N1 * k2: the
+# natural axis split as (N2, N1) and transposed. So the filter and its gradient move between
+# the two orders by views, with one copy each.
+
 def _filter_layout(weight: torch.Tensor, m: _Matrices, dtype: torch.dtype) -> torch.Tensor:
     """``K (H, Wk, C, 2)`` -> complex ``(H, C*Wk)`` in the spectrum's order."""
     h = weight.shape[0]
-    # Permuted as real (..., 2) pairs, made complex last: a weight-sized copy.
-    k = weight.to(dtype).index_select(0, m.h_order).transpose(1, 2)  # (H, C, Wk, 2)
-    return torch.view_as_complex(k.contiguous()).reshape(h, -1)
+    k = weight.to(dtype)
+    if m.h_factors is not None:
+        n1, n2 = m.h_factors
+        k = k.unflatten(0, (n2, n1)).transpose(0, 1)  # (N1, N2, Wk, C, 2)
+    # Permuted as real (..., 2) pairs, made complex last: one weight-sized copy.
+    k = k.transpose(-3, -2).contiguous()  # (..., C, Wk, 2)
+    return torch.view_as_complex(k).reshape(h, -1)
 
 
 def _filter_gradient(grad: torch.Tensor, m: _Matrices, wk: int, c: int) -> torch.Tensor:
     """Complex ``(H, C*Wk)`` in the spectrum's order -> real ``(H, Wk, C, 2)``."""
     h = grad.shape[0]
-    natural = torch.empty(h, wk, c, 2, dtype=grad.real.dtype, device=grad.device)
-    natural[m.h_order] = torch.view_as_real(grad).view(h, c, wk, 2).transpose(1, 2)
-    return natural
+    g = torch.view_as_real(grad).view(h, c, wk, 2).transpose(1, 2)  # (H, Wk, C, 2)
+    if m.h_factors is not None:
+        n1, n2 = m.h_factors
+        g = g.unflatten(0, (n1, n2)).transpose(0, 1)  # (N2, N1, Wk, C, 2): natural order
+    return g.contiguous().view(h, wk, c, 2)
 
 
 def spectral_gate_dft(x: torch.Tensor, weight: torch.Tensor, *, chunked: bool = True) -> torch.Tensor:
