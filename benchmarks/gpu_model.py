@@ -695,10 +695,10 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
 
     # 2. CUDA sources.
     cuda: dict = {}
+    have_nvcc = nvcc_path() is not None  # the CUDA rows are modelled where nvcc is
     try:
-        if nvcc_path() is None:
+        if not have_nvcc:
             raise FileNotFoundError("nvcc not found")
-        cuda["nvcc"] = True  # the cuFFT rows need nvcc only for the gate kernel's counts
         location = _csrc_paths().find_cufft()
         if location is not None:
             cuda["cufft"] = compile_cuda("cufft_gate.cu", arch, [location.include_dir])
@@ -757,7 +757,7 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
                                      direction, batch, h, c, cuda["cufftdx"]),
                                  **predict(_cufftdx_launches(cuda, direction, dtype, batch, h, w,
                                                              c))})
-                if "nvcc" in cuda:
+                if have_nvcc:  # cuFFT: bytes, plus the gate kernel's counts if compiled
                     rows.append({**base, "backend": "cuda_cufft", "config": "LTO callbacks",
                                  **predict(_cufft_launches(cuda, direction, dtype, batch, h, w,
                                                            c))})
