@@ -7,7 +7,9 @@
 For each backend, shape, dtype and mode it reports the median time with its interquartile
 range, the achieved bandwidth against the op's floor (forward: read x + write y;
 forward+backward: that plus read x and dy, write dx), that bandwidth as a share of the
-device's copy bandwidth measured in the same run, and the speed-up over ``reference``. Rows
+device's copy bandwidth measured in the same run, and the speed-up over ``reference``: the
+median and quartiles of per-round ratios. On the CPU the backends of a case are timed
+interleaved, one call each per round, so a shared machine's drift hits them alike. Rows
 are appended, with device, versions and commit, to ``OUT/spectral_gate_{cpu,gpu}.csv``
 (``--out``, default ``output/benchmarks``); ``--plot`` draws the speed-ups as a PNG.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -32,7 +35,7 @@ MODES = ("fwd", "fwd+bwd")
 FIELDS = [
     "timestamp", "device", "torch", "triton", "cuda", "commit", "backend", "shape", "batch",
     "dtype", "mode", "median_us", "p25_us", "p75_us", "gbps", "pct_copy_bw", "speedup_vs_reference",
-    "rel_err_vs_reference", "copy_gbps",
+    "speedup_p25", "speedup_p75", "rel_err_vs_reference", "copy_gbps", "timing",
 ]
 
 
@@ -57,6 +60,33 @@ def time_cpu(fn, min_seconds: float) -> list[float]:
     from torch.utils.benchmark import Timer
 
     return list(Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_seconds).times)
+
+
+def time_cpu_interleaved(runs: dict, min_seconds: float, min_rounds: int = 9) -> dict:
+    """Seconds per call of every function in ``runs``, timed side by side: each round calls
+    each once, in an order that rotates from round to round, until every function has had
+    ``min_seconds`` and there are at least ``min_rounds`` rounds. On a shared machine the
+    speed drifts by tens of percent within seconds; interleaving puts every backend in the
+    same spells, so the per-round ratios (``paired_speedups``) compare like with like."""
+    names = list(runs)
+    for fn in runs.values():  # warm-up: caches, allocator, lazily built constants
+        fn()
+    times = {name: [] for name in names}
+    spent, rounds = 0.0, 0
+    while rounds < min_rounds or spent < min_seconds * len(names):
+        for i in range(len(names)):
+            name = names[(rounds + i) % len(names)]
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+            spent += times[name][-1]
+        rounds += 1
+    return times
+
+
+def paired_speedups(reference: list[float], candidate: list[float]) -> tuple[float, float, float]:
+    """Quartiles of the per-round ratios ``reference / candidate`` (rounds in step)."""
+    return quartiles([r / c for r, c in zip(reference, candidate)])
 
 
 def copy_bandwidth(device: torch.device, quick: bool) -> float:
@@ -115,43 +145,51 @@ def benchmark(args) -> list[dict]:
         x = torch.randn(args.batch, h, w, c, generator=gen).to(device, DTYPES[dtype_name])
         weight = (torch.randn(h, w // 2 + 1, c, 2, generator=gen) * 0.02).to(device)
         grad = torch.randn(args.batch, h, w, c, generator=gen).to(device, DTYPES[dtype_name])
-        results = {}
+        runs, outputs = {}, {}
         for backend in backends:
             try:
-                run = make_case(backend, x, weight, grad, mode)
-                out = run()
+                runs[backend] = make_case(backend, x, weight, grad, mode)
+                out = runs[backend]()
             except (sk.BackendUnavailableError, NotImplementedError) as err:
                 print(f"  skip {backend} {shape_name} {dtype_name}: {err}", file=sys.stderr)
+                runs.pop(backend, None)
                 continue
-            out = out if isinstance(out, torch.Tensor) else out[0]
-            samples = (time_cuda(run, args.reps) if device.type == "cuda"
-                       else time_cpu(run, args.min_seconds))
-            results[backend] = (quartiles(samples), out.float())
-        (_, ref_seconds, _), ref_out = results["reference"]
-        for backend, ((p25, seconds, p75), out) in results.items():
+            outputs[backend] = (out if isinstance(out, torch.Tensor) else out[0]).float()
+        if device.type == "cuda":  # one backend after another; the GPU does not drift
+            samples = {backend: time_cuda(run, args.reps) for backend, run in runs.items()}
+        else:
+            samples = time_cpu_interleaved(runs, args.min_seconds)
+        ref_out = outputs["reference"]
+        for backend, times in samples.items():
+            p25, seconds, p75 = quartiles(times)
+            speedup = paired_speedups(samples["reference"], times)
             gbps = floor_bytes(x, mode) / seconds
-            err = ((out - ref_out).norm() / ref_out.norm()).item()
+            err = ((outputs[backend] - ref_out).norm() / ref_out.norm()).item()
             rows.append({
                 **env, "backend": backend, "shape": shape_name, "batch": args.batch,
                 "dtype": dtype_name, "mode": mode, "median_us": round(seconds * 1e6, 2),
                 "p25_us": round(p25 * 1e6, 2), "p75_us": round(p75 * 1e6, 2),
                 "gbps": round(gbps / 1e9, 2), "pct_copy_bw": round(100 * gbps / copy_bw, 1),
-                "speedup_vs_reference": round(ref_seconds / seconds, 2),
+                "speedup_vs_reference": round(speedup[1], 2), "speedup_p25": round(speedup[0], 2),
+                "speedup_p75": round(speedup[2], 2),
                 "rel_err_vs_reference": f"{err:.1e}", "copy_gbps": round(copy_bw / 1e9, 1),
+                "timing": "sequential, CUDA events" if device.type == "cuda" else
+                          f"interleaved, {len(times)} rounds",
             })
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
     header = f"{'shape':>10} {'dtype':>5} {'mode':>8} {'backend':>10} {'median us':>11} " \
-             f"{'IQR us':>17} {'GB/s':>8} {'% copy':>7} {'vs ref':>7} {'err vs ref':>10}"
+             f"{'IQR us':>17} {'GB/s':>8} {'% copy':>7} {'vs ref (IQR)':>18} {'err vs ref':>10}"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['shape']:>10} {r['dtype']:>5} {r['mode']:>8} {r['backend']:>10} "
               f"{r['median_us']:>11.1f} {r['p25_us']:>8.1f}-{r['p75_us']:<8.1f} "
               f"{r['gbps']:>8.1f} {r['pct_copy_bw']:>6.1f}% "
-              f"{r['speedup_vs_reference']:>6.2f}x {r['rel_err_vs_reference']:>10}")
+              f"{r['speedup_vs_reference']:>6.2f}x ({r['speedup_p25']:.2f}-{r['speedup_p75']:.2f}) "
+              f"{r['rel_err_vs_reference']:>10}")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -172,13 +210,11 @@ def plot(rows: list[dict], path: Path) -> None:
             for shape in shapes:
                 match = [r for r in rows if (r["dtype"], r["mode"], r["backend"], r["shape"])
                          == (dtype, mode, backend, shape)]
-                ref = [r for r in rows if (r["dtype"], r["mode"], r["backend"], r["shape"])
-                       == (dtype, mode, "reference", shape)]
                 speedup = match[0]["speedup_vs_reference"] if match else 0.0
                 speedups.append(speedup)
-                # The bar's whisker: the speed-up at this backend's 75th and 25th percentile.
-                low = ref[0]["median_us"] / match[0]["p75_us"] if match and ref else speedup
-                high = ref[0]["median_us"] / match[0]["p25_us"] if match and ref else speedup
+                # The whisker: quartiles of the per-round ratios.
+                low = match[0].get("speedup_p25", speedup) if match else speedup
+                high = match[0].get("speedup_p75", speedup) if match else speedup
                 spread[0].append(max(speedup - low, 0.0))
                 spread[1].append(max(high - speedup, 0.0))
             bars = ax.bar([s + i * width for s in range(len(shapes))], speedups, width, label=backend,
@@ -186,7 +222,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.bar_label(bars, fmt="%.1f", fontsize=7)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xticks([s + 0.4 - width / 2 for s in range(len(shapes))], shapes, fontsize=8)
-        ax.set_ylabel("speed-up vs reference\n(whiskers: interquartile range)")
+        ax.set_ylabel("speed-up vs reference\n(median and quartiles of paired ratios)")
         ax.set_title(f"{dtype}, {mode}, batch {rows[0]['batch']}", fontsize=9)
         ax.legend(fontsize=7, ncol=len(backends))
     fig.suptitle(f"spectral gate on {rows[0]['device']} (commit {rows[0]['commit']})", fontsize=10)

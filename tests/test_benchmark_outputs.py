@@ -59,3 +59,19 @@ def test_old_results_file_gains_the_new_columns(tmp_path):
     with path.open() as f:
         assert list(csv.DictReader(f)) == [{"a": "1", "b": "2", "c": ""},
                                            {"a": "3", "b": "4", "c": "5"}]
+
+
+def test_cpu_timing_interleaves_backends_and_pairs_rounds():
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in ("reference", "a", "b")}
+    times = spectral_gate.time_cpu_interleaved(runs, min_seconds=0.0, min_rounds=4)
+    assert calls[:3] == ["reference", "a", "b"]  # the warm-up call of each
+    rounds = [calls[3 + 3 * i: 6 + 3 * i] for i in range(4)]
+    # every backend once per round, and who goes first rotates
+    assert all(sorted(r) == ["a", "b", "reference"] for r in rounds)
+    assert [r[0] for r in rounds] == ["reference", "a", "b", "reference"]
+    assert all(len(t) == 4 for t in times.values())
+    # A machine that slows down 3x mid-run leaves the paired ratio alone.
+    reference = [2.0, 2.0, 6.0, 6.0, 6.0]
+    candidate = [1.0, 1.0, 3.0, 3.0, 3.0]
+    assert spectral_gate.paired_speedups(reference, candidate) == (2.0, 2.0, 2.0)
