@@ -19,6 +19,7 @@ AWKWARD_SHAPES = helpers.AWKWARD_SHAPES + [
     (2, 13, 1, 4),
     (1, 48, 7, 5),  # factored H axes (dft): 48 = 8*6, 96 = 8*12, with odd W
     (1, 96, 3, 2),
+    (2, 9, 56, 3),  # factored W axis (dft): 56 = 4*14, with odd H
 ]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -111,3 +112,38 @@ def test_dft_batch_chunks_match_the_oracle(monkeypatch, chunk_bytes):
     monkeypatch.setattr(dft, "CPU_CHUNK_BYTES", chunk_bytes)
     check_against_oracle((5, 5, 10, 3), torch.float32, "dft", fresh_seed())
     check_against_oracle((3, 28, 9, 2), torch.bfloat16, "dft", fresh_seed())
+
+
+@pytest.fixture
+def w_factors(monkeypatch):
+    """Set the dft backend's W factorisations for one test, with its matrix caches emptied
+    before and after (they are keyed by grid, not by factorisation)."""
+    from spectformer_kernels import dft
+
+    def clear():
+        dft._float64_matrices.cache_clear()
+        dft._cache.clear()
+
+    def use(table):
+        clear()
+        monkeypatch.setattr(dft, "W_FACTORS", table)
+
+    yield use
+    clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dft_factored_w_axis_matches_the_oracle(w_factors, dtype):
+    """Any (even N1, N2) split of W, groups with and without padding slots, N1 = 2 and
+    N2 = 1 included, and with a factored H axis (28 = 4*7)."""
+    w_factors({12: (2, 6), 30: (6, 5), 28: (4, 7), 16: (8, 2), 8: (8, 1)})
+    for shape in [(2, 5, 12, 3), (1, 4, 30, 2), (2, 28, 28, 4), (1, 6, 16, 3), (3, 2, 8, 5)]:
+        check_against_oracle(shape, dtype, "dft", fresh_seed())
+
+
+def test_dft_rejects_a_w_factorisation_that_does_not_fit(w_factors):
+    x, weight, _ = make_inputs((1, 3, 12, 2), torch.float32)
+    for bad in [(3, 4), (4, 4)]:
+        w_factors({12: bad})
+        with pytest.raises(ValueError, match="even N1"):
+            spectral_gate(x, weight, backend="dft")
