@@ -29,7 +29,8 @@ with line information and returns each function's instructions, with the source 
 Classes: ``tensor`` (HGMMA/HMMA/IMMA..., with their FLOPs), ``fp32`` (FFMA/FADD/FMUL/...),
 ``global``, ``shared``, ``local`` memory instructions, and ``other``. Shared and local
 instructions also carry bytes per warp (32 lanes x access width; ldmatrix/stmatrix by
-their matrix count).
+their matrix count), and so do warpgroup MMAs, which read their shared-memory operands
+(``gmma_shared_bytes``).
 """
 
 from __future__ import annotations
@@ -161,6 +162,22 @@ def mma_flops(opcode: str) -> float:
         m, n, k = int(code[:2]), int(code[2]), int(code[3:])
         return 2.0 * m * n * k
     return 0.0
+
+
+def gmma_shared_bytes(opcode: str, operands: str) -> float:
+    """Shared-memory bytes one warp's share of a warpgroup MMA reads: its B operand always
+    comes from shared memory (an smem descriptor, ``gdesc``), and A too when the first
+    source is a descriptor rather than registers. M x K and N x K elements, over 4 warps."""
+    parts = opcode.split(".")
+    shape = next((p for p in parts[1:] if re.fullmatch(r"\d+x\d+x\d+", p)), None)
+    if not parts[0].endswith("GMMA") or shape is None:
+        return 0.0
+    m, n, k = (int(v) for v in shape.split("x"))
+    types = set(parts[1:])
+    element = 1 if types & {"E4M3", "E5M2", "S8", "U8"} else 4 if "TF32" in types else 2
+    sources = [field.strip() for field in operands.split(",")]
+    a_in_shared = len(sources) > 1 and sources[1].startswith("gdesc")
+    return (n * k + (m * k if a_in_shared else 0)) * element / 4
 
 
 def access_bytes(opcode: str) -> int:
@@ -408,6 +425,7 @@ def _region(fn: Function, index: SourceIndex, lo: int, hi: int, children: list,
         counts.by_class[cls] += 1
         if cls == "tensor":
             counts.tensor_flops += mma_flops(ins.opcode)
+            counts.shared_bytes += gmma_shared_bytes(ins.opcode, ins.operands)
             if "GMMA" not in ins.base:
                 counts.mma_sync_flops += mma_flops(ins.opcode)
         elif cls == "shared":

@@ -74,6 +74,19 @@ def test_instruction_counter_on_a_kernel_with_known_counts():
         assert counts["loops"] >= 1
 
 
+def test_warpgroup_mma_reads_its_shared_operands():
+    """B always from shared memory; A too when its source is a descriptor. Operand strings
+    as nvdisasm prints them for the Triton kernels (per warp: a quarter of the warpgroup's)."""
+    from benchmarks.sass import gmma_shared_bytes
+
+    a_in_registers = "R24, R96, gdesc[UR12].tnspB, RZ, !UPT, gsb0"
+    assert gmma_shared_bytes("HGMMA.64x16x16.F32.BF16", a_in_registers) == 16 * 16 * 2 / 4
+    assert gmma_shared_bytes("HGMMA.64x64x16.F32.BF16", "R24, gdesc[UR4], R24, gsb0") == (
+        (64 * 16 + 64 * 16) * 2 / 4)
+    assert gmma_shared_bytes("HGMMA.64x32x8.F32.TF32", a_in_registers) == 32 * 8 * 4 / 4
+    assert gmma_shared_bytes("HMMA.16816.F32.BF16", "R4, R8, R12, R4") == 0
+
+
 @needs_tools
 def test_instruction_counter_reports_loops_it_cannot_resolve():
     (counts,) = _probe("1000", "--unresolved")
