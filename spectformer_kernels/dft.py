@@ -4,6 +4,13 @@ No FFT op anywhere, so it runs wherever matmul runs (CPU, GPU, ``torch.compile``
 export) and in every dtype (bf16/fp16 inputs are computed in fp32, fp64 in fp64). It is the
 fast CPU path.
 
+Two forms, chosen per grid (``_matrices``):
+
+* **Dense map** (``H * W <= DENSE_MAX_TOKENS``, e.g. 7x7): the whole rfft2 and the whole
+  inverse are one real matrix each, so a transform is a single GEMM whose inner dimension
+  is H*W or 2*H*Wk; the spectrum is complex ``(B, C, H*Wk)`` (``_DenseMap``).
+* **Separable** (larger grids, ``_Separable``), below.
+
 Layout. The half spectrum is one complex tensor ``(B, H, C, Wk)``, channels before
 frequencies, so that the gate is a single complex multiply, ``dK`` one multiply and one
 reduction, and every transform a GEMM on views (transposed views included) of the previous
@@ -46,6 +53,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from .backends import Backend, register_backend
 from .contract import compute_dtype, half_spectrum_size, half_spectrum_weights, self_conjugate_bins
+from .dft_matrices import dense_maps
 
 # H-axis length -> (N1, N2) for the factored transform; other lengths use one dense DFT.
 # Chosen from CPU measurements (1 thread, batch 16, 28x28x192 and 56x56x64): factoring H
@@ -58,6 +66,12 @@ H_FACTORS = {28: (4, 7), 56: (8, 7), 48: (8, 6), 96: (8, 12)}
 # about 27% less time than dense W (15.9 and 16.2 ms against 21.9); (4, 14) has fewer
 # padding slots (30 for 29 frequencies). At 28x28x192 (4, 7) was no faster than dense.
 W_FACTORS = {56: (4, 14)}
+
+# Grids of at most this many tokens use one dense real matrix per transform (_DenseMap).
+# From CPU measurements (2 threads, batch 16, interleaved with the separable form; forward,
+# forward+backward): dense 1.56x / 1.59x faster at 7x7x768, 1.62x / 1.49x at 8x8x512,
+# 1.31x / 1.15x at 9x9x512; slower at 10x10x384 (0.88x / 0.72x) and 12x12x384 (0.63x / 0.83x).
+DENSE_MAX_TOKENS = 81
 
 # On the CPU the batch is processed in chunks of about this many spectrum bytes, so that a
 # chunk stays in cache from the first transform to the last (CPU measurements, 2 threads,
@@ -75,7 +89,7 @@ def _twiddle(rows: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _Matrices:
+class _Separable:
     """One grid's transforms in one dtype on one device.
 
     The spectrum is complex ``(B, H, G, C, S)``: W-axis frequencies sit in ``G`` groups of
@@ -94,6 +108,115 @@ class _Matrices:
     @property
     def groups_slots(self) -> tuple[int, int]:
         return self.c_slots.shape[0], self.c_slots.shape[2]
+
+    def spectrum_bytes(self, h: int, c: int) -> int:
+        return h * c * self.groups_slots[0] * self.groups_slots[1] * 8
+
+    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward ortho ``rfft2`` of real ``x (B, H, W, C)`` as complex ``(B, H, G*C*S)``."""
+        b, h, w, c = x.shape
+        rows = x.reshape(b * h, w, c)
+        if self.w_factors is None:
+            along_w = torch.matmul(rows.transpose(1, 2), self.w_forward[0])  # (BH, C, 2S)
+        else:
+            n1, n2 = self.w_factors
+            # (BH, N1, N2 C), then viewed (BH, G, C, 2 N2)
+            stage1 = torch.matmul(self.w_forward[0], rows.view(b * h, n1, n2 * c))
+            stage1 = stage1.view(b * h, n1 // 2, 2 * n2, c).transpose(-1, -2)
+            along_w = torch.matmul(stage1, self.w_forward[1])  # (BH, G, C, 2S)
+        return _along_h(torch.view_as_complex(along_w.view(b, h, -1, 2)), self.h_forward,
+                        self.h_factors, inverse=False)
+
+    def inverse(self, spec: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Ortho ``irfft2`` (CPU semantics) of complex ``(B, H, G*C*S)`` into ``out (B, H, W, C)``
+        (converted to ``out``'s dtype)."""
+        b, h, w, c = out.shape
+        groups, slots = self.groups_slots
+        along_h = torch.view_as_real(_along_h(spec, self.h_inverse, self.h_factors, inverse=True))
+        cols = along_h.view(b * h, groups, c, 2 * slots).transpose(-1, -2)  # (BH, G, 2S, C) view
+        if self.w_factors is None:
+            matrix, operand = self.w_inverse[0], cols[:, 0]  # (W, 2S) @ (BH, 2S, C)
+        else:
+            n1, n2 = self.w_factors
+            stage2 = torch.matmul(self.w_inverse[0], cols)  # (BH, G, 2 N2, C)
+            matrix, operand = self.w_inverse[1], stage2.view(b * h, n1, n2 * c)
+        if out.dtype == matrix.dtype:
+            torch.matmul(matrix, operand, out=out.view(operand.shape[0], matrix.shape[0], -1))
+            return out
+        return out.copy_(torch.matmul(matrix, operand).view(b, h, w, c))
+
+    # The factored H axis leaves position k1 * N2 + k2 holding frequency k1 + N1 * k2: the
+    # natural axis split as (N2, N1) and transposed, so the filter and its gradient move
+    # between the two orders by views. W frequencies move to and from their slots by one
+    # gather each.
+
+    def filter_layout(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``K (H, Wk, C, 2)`` -> complex ``(H, G*C*S)`` in the spectrum's order."""
+        h, wk, c, _ = weight.shape
+        groups, slots = self.groups_slots
+        k = weight.to(dtype)
+        if self.h_factors is not None:
+            n1, n2 = self.h_factors
+            k = k.unflatten(0, (n2, n1)).transpose(0, 1).reshape(h, wk, c, 2)
+        if self.w_factors is not None:  # padding slots read an appended zero frequency
+            k = torch.cat([k, k.new_zeros(h, 1, c, 2)], dim=1)
+            k = k.index_select(1, self.frequency_of_slot)
+        # Permuted as real (..., 2) pairs, made complex last: one weight-sized copy.
+        k = k.view(h, groups, slots, c, 2).transpose(2, 3).contiguous()  # (H, G, C, S, 2)
+        return torch.view_as_complex(k).reshape(h, -1)
+
+    def filter_gradient(self, grad: torch.Tensor, wk: int, c: int) -> torch.Tensor:
+        """``sum_b conj(X) * d_spec``, complex ``(H, G*C*S)`` in the spectrum's order -> dK,
+        real ``(H, Wk, C, 2)`` (the c_k weights applied in place)."""
+        h = grad.shape[0]
+        groups, slots = self.groups_slots
+        grad = grad.view(h, groups, c, slots).mul_(self.c_slots)
+        g = torch.view_as_real(grad).transpose(2, 3)  # (H, G, S, C, 2)
+        g = g.reshape(h, groups * slots, c, 2)
+        if self.w_factors is not None:
+            g = g.index_select(1, self.slot_of_frequency)  # (H, Wk, C, 2)
+        if self.h_factors is not None:
+            n1, n2 = self.h_factors
+            g = g.unflatten(0, (n1, n2)).transpose(0, 1)  # (N2, N1, Wk, C, 2): natural order
+        return g.contiguous().view(h, wk, c, 2)
+
+
+@dataclass(frozen=True)
+class _DenseMap:
+    """A small grid (``H * W <= DENSE_MAX_TOKENS``): the whole rfft2 and the whole inverse as
+    one real matrix each (``dft_matrices.dense_maps``, CPU ``irfft2`` semantics), so each
+    transform is one GEMM with a long inner dimension (H*W or 2*H*Wk) instead of two with
+    inner dimensions W and H. The spectrum is complex ``(B, C, H*Wk)``."""
+
+    forward: torch.Tensor  # (H*W, 2*H*Wk), columns (h, k, re/im)
+    inverse_t: torch.Tensor  # (H*W, 2*H*Wk): the inverse map, transposed to apply from the left
+    c_weights: torch.Tensor  # (H*Wk,): c_k of each spectrum column
+
+    def spectrum_bytes(self, h: int, c: int) -> int:
+        return c * self.c_weights.numel() * 8
+
+    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        s = torch.matmul(x.reshape(b, h * w, c).transpose(1, 2), self.forward)  # (B, C, 2HWk)
+        return torch.view_as_complex(s.view(b, c, -1, 2))
+
+    def inverse(self, spec: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = out.shape
+        cols = torch.view_as_real(spec).view(b, c, -1).transpose(1, 2)  # (B, 2HWk, C) view
+        if out.dtype == self.inverse_t.dtype:
+            torch.matmul(self.inverse_t, cols, out=out.view(b, h * w, c))
+            return out
+        return out.copy_(torch.matmul(self.inverse_t, cols).view(b, h, w, c))
+
+    def filter_layout(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        h, wk, c, _ = weight.shape
+        k = weight.to(dtype).permute(2, 0, 1, 3).contiguous()  # (C, H, Wk, 2)
+        return torch.view_as_complex(k).view(c, h * wk)
+
+    def filter_gradient(self, grad: torch.Tensor, wk: int, c: int) -> torch.Tensor:
+        h = grad.shape[-1] // wk
+        g = torch.view_as_real(grad.mul_(self.c_weights)).view(c, h, wk, 2)
+        return g.permute(1, 2, 0, 3).contiguous()
 
 
 def _w_stages(w: int, dense: torch.Tensor, n1: int, n2: int):
@@ -143,7 +266,7 @@ def _w_stages(w: int, dense: torch.Tensor, n1: int, n2: int):
 
 
 @lru_cache(maxsize=None)
-def _float64_matrices(h: int, w: int) -> _Matrices:
+def _float64_matrices(h: int, w: int) -> _Separable:
     wk = half_spectrum_size(w)
     dense = _twiddle(torch.arange(w)[:, None], torch.arange(wk)[None, :], w) / math.sqrt(w)
     dense = torch.view_as_real(dense).flatten(1)  # (W, 2*Wk), (re, im) interleaved columns
@@ -181,56 +304,54 @@ def _float64_matrices(h: int, w: int) -> _Matrices:
              * _twiddle(k2[None, :, None], k2[None, None, :], n2)) / math.sqrt(n2)
         h_forward = (f1, g)
         h_inverse = (g.conj().transpose(-1, -2), f1.conj().T)
-    return _Matrices(w_factors, w_forward, w_inverse, h_factors, h_forward, h_inverse, slot,
+    return _Separable(w_factors, w_forward, w_inverse, h_factors, h_forward, h_inverse, slot,
                      frequency_of_slot, c_slots.view(groups, 1, slots))
 
 
-_cache: dict[tuple, _Matrices] = {}
+_cache: dict[tuple, object] = {}
 
 
-def _matrices(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _Matrices:
-    key = (h, w, dtype, device)
+def _matrices(h: int, w: int, dtype: torch.dtype, device: torch.device):
+    """The grid's transforms in ``dtype`` on ``device``: a ``_DenseMap`` for small grids,
+    else a ``_Separable``."""
+    dense = h * w <= DENSE_MAX_TOKENS
+    key = (h, w, dtype, device, dense)
     found = _cache.get(key)
     if found is None:
         # Constants, built for real even while torch.export / ONNX export traces the
         # caller (traced, their complex casts would land in the exported graph).
         with _disable_current_modes():
-            base = _float64_matrices(h, w)
-            cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-
-            def move(t, to):
-                return t.to(device=device, dtype=to).contiguous()
-
-            found = _Matrices(
-                base.w_factors,
-                tuple(move(t, dtype) for t in base.w_forward),
-                tuple(move(t, dtype) for t in base.w_inverse),
-                base.h_factors,
-                tuple(move(t, cdtype) for t in base.h_forward),
-                tuple(move(t, cdtype) for t in base.h_inverse),
-                move(base.slot_of_frequency, torch.int64),
-                move(base.frequency_of_slot, torch.int64), move(base.c_slots, dtype),
-            )
+            found = _dense_map(h, w, dtype, device) if dense else _separable(h, w, dtype, device)
         _cache[key] = found
     return found
 
 
+def _dense_map(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _DenseMap:
+    forward, inverse = dense_maps(h, w, dtype, device)
+    c = half_spectrum_weights(w).repeat(h).to(device=device, dtype=dtype)
+    return _DenseMap(forward, inverse.T.contiguous(), c)
+
+
+def _separable(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _Separable:
+    base = _float64_matrices(h, w)
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+
+    def move(t, to):
+        return t.to(device=device, dtype=to).contiguous()
+
+    return _Separable(
+        base.w_factors,
+        tuple(move(t, dtype) for t in base.w_forward),
+        tuple(move(t, dtype) for t in base.w_inverse),
+        base.h_factors,
+        tuple(move(t, cdtype) for t in base.h_forward),
+        tuple(move(t, cdtype) for t in base.h_inverse),
+        move(base.slot_of_frequency, torch.int64),
+        move(base.frequency_of_slot, torch.int64), move(base.c_slots, dtype),
+    )
+
+
 # -- the two transforms ------------------------------------------------------------------------
-
-def _spectrum(x: torch.Tensor, m: _Matrices) -> torch.Tensor:
-    """Forward ortho ``rfft2`` of real ``x (B, H, W, C)`` as complex ``(B, H, G*C*S)``."""
-    b, h, w, c = x.shape
-    rows = x.reshape(b * h, w, c)
-    if m.w_factors is None:
-        along_w = torch.matmul(rows.transpose(1, 2), m.w_forward[0])  # (BH, C, 2S)
-    else:
-        n1, n2 = m.w_factors
-        stage1 = torch.matmul(m.w_forward[0], rows.view(b * h, n1, n2 * c))  # (BH, N1, N2 C)
-        stage1 = stage1.view(b * h, n1 // 2, 2 * n2, c).transpose(-1, -2)  # (BH, G, C, 2 N2)
-        along_w = torch.matmul(stage1, m.w_forward[1])  # (BH, G, C, 2S)
-    return _along_h(torch.view_as_complex(along_w.view(b, h, -1, 2)), m.h_forward,
-                    m.h_factors, inverse=False)
-
 
 def _along_h(spec: torch.Tensor, mats: tuple[torch.Tensor, ...], factors, inverse: bool):
     """The H-axis transform (dense or factored, forward or inverse) of ``(B, H, M)``."""
@@ -246,80 +367,26 @@ def _along_h(spec: torch.Tensor, mats: tuple[torch.Tensor, ...], factors, invers
     return torch.matmul(mats[1], t.view(b, n1, n2 * cols)).view(b, h, cols)
 
 
-def _inverse(spec: torch.Tensor, m: _Matrices, out: torch.Tensor) -> torch.Tensor:
-    """Ortho ``irfft2`` (CPU semantics) of complex ``(B, H, G*C*S)`` into ``out (B, H, W, C)``
-    (converted to ``out``'s dtype)."""
-    b, h, w, c = out.shape
-    groups, slots = m.groups_slots
-    along_h = torch.view_as_real(_along_h(spec, m.h_inverse, m.h_factors, inverse=True))
-    cols = along_h.view(b * h, groups, c, 2 * slots).transpose(-1, -2)  # (BH, G, 2S, C) view
-    if m.w_factors is None:
-        matrix, operand = m.w_inverse[0], cols[:, 0]  # (W, 2S) @ (BH, 2S, C)
-    else:
-        n1, n2 = m.w_factors
-        stage2 = torch.matmul(m.w_inverse[0], cols)  # (BH, G, 2 N2, C): rows (g, r), then b
-        matrix, operand = m.w_inverse[1], stage2.view(b * h, n1, n2 * c)
-    if out.dtype == matrix.dtype:
-        torch.matmul(matrix, operand, out=out.view(operand.shape[0], matrix.shape[0], -1))
-        return out
-    return out.copy_(torch.matmul(matrix, operand).view(b, h, w, c))
-
-
-def _image_chunks(x: torch.Tensor, m: _Matrices, chunked: bool) -> list[slice]:
+def _image_chunks(x: torch.Tensor, m, chunked: bool) -> list[slice]:
     """Slices of the batch processed one after another on the CPU, so that each chunk's
     spectrum stays in cache through all the stages; one slice elsewhere (and when the
     caller traces the op for export)."""
     b, h, w, c = x.shape
     if not chunked or x.device.type != "cpu" or b <= 1:
         return [slice(0, b)]
-    groups, slots = m.groups_slots
-    spectrum_bytes = h * c * groups * slots * 2 * 8  # per image, complex64 plus headroom
-    step = max(1, CPU_CHUNK_BYTES // spectrum_bytes)
+    step = max(1, CPU_CHUNK_BYTES // (2 * m.spectrum_bytes(h, c)))  # complex64, plus headroom
     return [slice(i, min(i + step, b)) for i in range(0, b, step)]
-
-
-# The factored H axis leaves position k1 * N2 + k2 holding frequency k1 + N1 * k2: the
-# natural axis split as (N2, N1) and transposed, so the filter and its gradient move between
-# the two orders by views. W frequencies move to and from their slots by one gather each.
-
-def _filter_layout(weight: torch.Tensor, m: _Matrices, dtype: torch.dtype) -> torch.Tensor:
-    """``K (H, Wk, C, 2)`` -> complex ``(H, G*C*S)`` in the spectrum's order."""
-    h, wk, c, _ = weight.shape
-    groups, slots = m.groups_slots
-    k = weight.to(dtype)
-    if m.h_factors is not None:
-        n1, n2 = m.h_factors
-        k = k.unflatten(0, (n2, n1)).transpose(0, 1).reshape(h, wk, c, 2)
-    if m.w_factors is not None:  # padding slots read an appended zero frequency
-        k = torch.cat([k, k.new_zeros(h, 1, c, 2)], dim=1).index_select(1, m.frequency_of_slot)
-    # Permuted as real (..., 2) pairs, made complex last: one weight-sized copy.
-    k = k.view(h, groups, slots, c, 2).transpose(2, 3).contiguous()  # (H, G, C, S, 2)
-    return torch.view_as_complex(k).reshape(h, -1)
-
-
-def _filter_gradient(grad: torch.Tensor, m: _Matrices, wk: int, c: int) -> torch.Tensor:
-    """Complex ``(H, G*C*S)`` in the spectrum's order -> real ``(H, Wk, C, 2)``."""
-    h = grad.shape[0]
-    groups, slots = m.groups_slots
-    g = torch.view_as_real(grad).view(h, groups, c, slots, 2).transpose(2, 3)  # (H, G, S, C, 2)
-    g = g.reshape(h, groups * slots, c, 2)
-    if m.w_factors is not None:
-        g = g.index_select(1, m.slot_of_frequency)  # (H, Wk, C, 2)
-    if m.h_factors is not None:
-        n1, n2 = m.h_factors
-        g = g.unflatten(0, (n1, n2)).transpose(0, 1)  # (N2, N1, Wk, C, 2): natural order
-    return g.contiguous().view(h, wk, c, 2)
 
 
 def spectral_gate_dft(x: torch.Tensor, weight: torch.Tensor, *, chunked: bool = True) -> torch.Tensor:
     _, h, w, c = x.shape
     dtype = compute_dtype(x.dtype)
     m = _matrices(h, w, dtype, x.device)
-    k = _filter_layout(weight, m, dtype)
+    k = m.filter_layout(weight, dtype)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     for images in _image_chunks(x, m, chunked):
-        spec = _spectrum(x[images].to(dtype), m)
-        _inverse(spec.mul_(k), m, out=y[images])
+        spec = m.spectrum(x[images].to(dtype))
+        m.inverse(spec.mul_(k), out=y[images])
     return y
 
 
@@ -331,20 +398,19 @@ def spectral_gate_dft_backward(
     wk = half_spectrum_size(w)
     dtype = compute_dtype(x.dtype)
     m = _matrices(h, w, dtype, x.device)
-    k_conj = _filter_layout(weight, m, dtype).conj_physical()
+    k_conj = m.filter_layout(weight, dtype).conj_physical()
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     grad_k = None
     for images in _image_chunks(x, m, True):
-        d_spec = _spectrum(grad_out[images].to(dtype), m)  # the spectrum of dy: D = c * d_spec
-        spec = _spectrum(x[images].to(dtype), m)
+        d_spec = m.spectrum(grad_out[images].to(dtype))  # the spectrum of dy: D = c * d_spec
+        spec = m.spectrum(x[images].to(dtype))
         # sum_b conj(X) * d_spec, in X's buffer; conj_physical_, not conj() or linalg.vecdot:
         # their lazy conjugate bit is lost inside an AOTAutograd graph.
         partial = spec.conj_physical_().mul_(d_spec).sum(0)
         grad_k = partial if grad_k is None else grad_k.add_(partial)  # chunks in order
         # dx = the forward map with conj(K): the inverse of D * conj(K) / c = d_spec * conj(K).
-        _inverse(d_spec.mul_(k_conj), m, out=grad_x[images])
-    grad_k = grad_k.view(h, m.groups_slots[0], c, -1).mul_(m.c_slots)  # dK = sum_b conj(X) * c * d_spec
-    return grad_x, _filter_gradient(grad_k, m, wk, c)
+        m.inverse(d_spec.mul_(k_conj), out=grad_x[images])
+    return grad_x, m.filter_gradient(grad_k, wk, c)  # dK = sum_b conj(X) * c * d_spec
 
 
 register_backend(Backend(
