@@ -28,12 +28,6 @@ element. The spectrum then comes out permuted (position ``k1 * N2 + k2`` holds f
 ``k1 + N1 * k2``); the gate is diagonal, so ``K`` is permuted the same way, and the inverse
 (the conjugate-transposed stages in reverse order) returns to natural order.
 
-Factored W axis. For ``W = N1 * N2`` in ``W_FACTORS`` the real W transform is two GEMMs as
-well: a real ``N1``-point DFT, then per group of conjugate-paired ``N1`` frequencies a small
-real matrix onto that group's frequencies (``_w_stages``). The frequencies then sit in
-``G`` groups of ``S`` slots, a few of them zero padding, and the spectrum is ``(B, H, G, C,
-S)``; ``K`` is gathered into the same slots and ``dK`` gathered back.
-
 Inverse along W. ``Gw = Fw^H diag(c_k)`` with ``c_k`` = 1 for DC and Nyquist, 2 otherwise:
 the real inverse is the real transpose of the forward matrix with ``c_k`` folded in, which
 drops the imaginary part of the DC and Nyquist bins as CPU ``irfft`` does. Backward: ``dx``
@@ -60,12 +54,10 @@ from .dft_matrices import dense_maps
 # cut the forward by 20-25% there, and cost 15-20% at 14x14 (14 = 2 * 7).
 H_FACTORS = {28: (4, 7), 56: (8, 7), 48: (8, 6), 96: (8, 12)}
 
-# W-axis length -> (N1, N2), N1 even, for the factored real transform (see _w_stages);
-# other lengths use one dense real matrix. From CPU measurements (2 threads, batch 16,
-# forward, interleaved with the dense form): at 56x56x64 (4, 14) and (8, 7) both took
-# about 27% less time than dense W (15.9 and 16.2 ms against 21.9); (4, 14) has fewer
-# padding slots (30 for 29 frequencies). At 28x28x192 (4, 7) was no faster than dense.
-W_FACTORS = {56: (4, 14)}
+# Factoring the real W axis the same way (56 = 4 * 14 or 8 * 7: a real N1-point DFT, then
+# per conjugate-paired group a small matrix onto its frequencies) measured 27% faster at
+# 56x56x64 in one run and 0-7% slower in five others on the same machine (2 threads, batch
+# 16, interleaved), and no faster at 28x28: W always uses the dense matrix.
 
 # Grids of at most this many tokens use one dense real matrix per transform (_DenseMap).
 # From CPU measurements (2 threads, batch 16, interleaved with the separable form; forward,
@@ -75,9 +67,9 @@ DENSE_MAX_TOKENS = 81
 
 # On the CPU the batch is processed in chunks of about this many spectrum bytes, so that a
 # chunk stays in cache from the first transform to the last (CPU measurements, 2 threads,
-# batch 16, forward, chunk sizes interleaved: 4 MB was best or within noise of the best
-# at 14x14, 28x28 and 56x56; one-image chunks at 56x56 and whole-batch passes were slower
-# by 10-60%).
+# batch 16, forward, chunk sizes interleaved: 4 MB took 12.8 / 4.0 / 12.5 ms at 56x56x64 /
+# 14x14x384 / 28x28x192, against 17.1 / 5.7 / 13.8 with 2 MB and 16.1 / 5.0 / 12.5 with 8 MB;
+# whole-batch passes were slower still).
 CPU_CHUNK_BYTES = 4 << 20
 
 
@@ -90,91 +82,58 @@ def _twiddle(rows: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _Separable:
-    """One grid's transforms in one dtype on one device.
+    """One grid's transforms in one dtype on one device; the spectrum is complex
+    ``(B, H, C*Wk)``."""
 
-    The spectrum is complex ``(B, H, G, C, S)``: W-axis frequencies sit in ``G`` groups of
-    ``S`` slots (dense W: one group, slot = frequency; factored W: see ``_w_stages``)."""
-
-    w_factors: Optional[tuple[int, int]]
-    w_forward: tuple[torch.Tensor, ...]  # dense: (W, 2S); factored: (A1 (N1, N1), A2^T (G, 2 N2, 2S))
-    w_inverse: tuple[torch.Tensor, ...]  # the transposes with c_k folded in, applied in reverse
+    w_forward: torch.Tensor  # (W, 2*Wk) real, (re, im) interleaved columns
+    w_inverse: torch.Tensor  # (W, 2*Wk) real, c_k folded in
     h_factors: Optional[tuple[int, int]]
     h_forward: tuple[torch.Tensor, ...]  # (Fh,) or (F1 (N1, N1), G (N1, N2, N2))
     h_inverse: tuple[torch.Tensor, ...]  # (conj Fh,) or (G^H per k1, F1^H)
-    slot_of_frequency: torch.Tensor  # (Wk,) int64: where frequency k sits among the G*S slots
-    frequency_of_slot: torch.Tensor  # (G*S,) int64: the inverse map, Wk at padding slots
-    c_slots: torch.Tensor  # (G, 1, S): c_k at each slot, 0 at padding slots
-
-    @property
-    def groups_slots(self) -> tuple[int, int]:
-        return self.c_slots.shape[0], self.c_slots.shape[2]
+    c_weights: torch.Tensor  # (Wk,) c_k
 
     def spectrum_bytes(self, h: int, c: int) -> int:
-        return h * c * self.groups_slots[0] * self.groups_slots[1] * 8
+        return h * c * self.c_weights.numel() * 8
 
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:
-        """Forward ortho ``rfft2`` of real ``x (B, H, W, C)`` as complex ``(B, H, G*C*S)``."""
+        """Forward ortho ``rfft2`` of real ``x (B, H, W, C)`` as complex ``(B, H, C*Wk)``."""
         b, h, w, c = x.shape
-        rows = x.reshape(b * h, w, c)
-        if self.w_factors is None:
-            along_w = torch.matmul(rows.transpose(1, 2), self.w_forward[0])  # (BH, C, 2S)
-        else:
-            n1, n2 = self.w_factors
-            # (BH, N1, N2 C), then viewed (BH, G, C, 2 N2)
-            stage1 = torch.matmul(self.w_forward[0], rows.view(b * h, n1, n2 * c))
-            stage1 = stage1.view(b * h, n1 // 2, 2 * n2, c).transpose(-1, -2)
-            along_w = torch.matmul(stage1, self.w_forward[1])  # (BH, G, C, 2S)
+        along_w = torch.matmul(x.reshape(b * h, w, c).transpose(1, 2), self.w_forward)
         return _along_h(torch.view_as_complex(along_w.view(b, h, -1, 2)), self.h_forward,
                         self.h_factors, inverse=False)
 
     def inverse(self, spec: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Ortho ``irfft2`` (CPU semantics) of complex ``(B, H, G*C*S)`` into ``out (B, H, W, C)``
-        (converted to ``out``'s dtype)."""
+        """Ortho ``irfft2`` (CPU semantics) of complex ``(B, H, C*Wk)`` into ``out (B, H, W,
+        C)`` (converted to ``out``'s dtype)."""
         b, h, w, c = out.shape
-        groups, slots = self.groups_slots
         along_h = torch.view_as_real(_along_h(spec, self.h_inverse, self.h_factors, inverse=True))
-        cols = along_h.view(b * h, groups, c, 2 * slots).transpose(-1, -2)  # (BH, G, 2S, C) view
-        if self.w_factors is None:
-            matrix, operand = self.w_inverse[0], cols[:, 0]  # (W, 2S) @ (BH, 2S, C)
-        else:
-            n1, n2 = self.w_factors
-            stage2 = torch.matmul(self.w_inverse[0], cols)  # (BH, G, 2 N2, C)
-            matrix, operand = self.w_inverse[1], stage2.view(b * h, n1, n2 * c)
-        if out.dtype == matrix.dtype:
-            torch.matmul(matrix, operand, out=out.view(operand.shape[0], matrix.shape[0], -1))
+        cols = along_h.view(b * h, c, -1).transpose(1, 2)  # (BH, 2Wk, C) view
+        if out.dtype == self.w_inverse.dtype:
+            torch.matmul(self.w_inverse, cols, out=out.view(b * h, w, c))
             return out
-        return out.copy_(torch.matmul(matrix, operand).view(b, h, w, c))
+        return out.copy_(torch.matmul(self.w_inverse, cols).view(b, h, w, c))
 
     # The factored H axis leaves position k1 * N2 + k2 holding frequency k1 + N1 * k2: the
     # natural axis split as (N2, N1) and transposed, so the filter and its gradient move
-    # between the two orders by views. W frequencies move to and from their slots by one
-    # gather each.
+    # between the two orders by views, with one copy each.
 
     def filter_layout(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``K (H, Wk, C, 2)`` -> complex ``(H, G*C*S)`` in the spectrum's order."""
-        h, wk, c, _ = weight.shape
-        groups, slots = self.groups_slots
+        """``K (H, Wk, C, 2)`` -> complex ``(H, C*Wk)`` in the spectrum's order."""
+        h = weight.shape[0]
         k = weight.to(dtype)
         if self.h_factors is not None:
             n1, n2 = self.h_factors
-            k = k.unflatten(0, (n2, n1)).transpose(0, 1).reshape(h, wk, c, 2)
-        if self.w_factors is not None:  # padding slots read an appended zero frequency
-            k = torch.cat([k, k.new_zeros(h, 1, c, 2)], dim=1)
-            k = k.index_select(1, self.frequency_of_slot)
+            k = k.unflatten(0, (n2, n1)).transpose(0, 1)  # (N1, N2, Wk, C, 2)
         # Permuted as real (..., 2) pairs, made complex last: one weight-sized copy.
-        k = k.view(h, groups, slots, c, 2).transpose(2, 3).contiguous()  # (H, G, C, S, 2)
+        k = k.transpose(-3, -2).contiguous()  # (..., C, Wk, 2)
         return torch.view_as_complex(k).reshape(h, -1)
 
     def filter_gradient(self, grad: torch.Tensor, wk: int, c: int) -> torch.Tensor:
-        """``sum_b conj(X) * d_spec``, complex ``(H, G*C*S)`` in the spectrum's order -> dK,
+        """``sum_b conj(X) * d_spec``, complex ``(H, C*Wk)`` in the spectrum's order -> dK,
         real ``(H, Wk, C, 2)`` (the c_k weights applied in place)."""
         h = grad.shape[0]
-        groups, slots = self.groups_slots
-        grad = grad.view(h, groups, c, slots).mul_(self.c_slots)
-        g = torch.view_as_real(grad).transpose(2, 3)  # (H, G, S, C, 2)
-        g = g.reshape(h, groups * slots, c, 2)
-        if self.w_factors is not None:
-            g = g.index_select(1, self.slot_of_frequency)  # (H, Wk, C, 2)
+        grad = grad.view(h, c, wk).mul_(self.c_weights)
+        g = torch.view_as_real(grad).transpose(1, 2)  # (H, Wk, C, 2)
         if self.h_factors is not None:
             n1, n2 = self.h_factors
             g = g.unflatten(0, (n1, n2)).transpose(0, 1)  # (N2, N1, Wk, C, 2): natural order
@@ -219,77 +178,15 @@ class _DenseMap:
         return g.permute(1, 2, 0, 3).contiguous()
 
 
-def _w_stages(w: int, dense: torch.Tensor, n1: int, n2: int):
-    """Factor the dense real forward matrix ``dense (W, 2Wk)`` of a length ``W = N1 * N2``
-    as two stages, Cooley-Tukey on a real input with ``w = a * N2 + b``:
-
-    1. a real ``N1``-point DFT over ``a`` for every ``b``: ``A1 (N1, N1)``, whose rows are the
-       non-redundant parts of the ``N1`` frequencies ``k1`` in pairs, one pair per group
-       (``Re k1=0, Re k1=N1/2`` in group 0; ``Re k1, Im k1`` in group ``k1``);
-    2. per group, the twiddled ``N2``-point sums: frequency ``k`` only needs the group of
-       ``k mod N1`` (or ``N1 - k mod N1``: a real input's conjugate symmetry), so each group
-       maps its ``2 N2`` stage-1 values to its own ``S`` frequency slots, a ``(2 N2, 2S)``
-       matrix; groups with fewer frequencies than ``S`` have zero padding slots.
-
-    Stage 2 is solved from ``dense = A1-stage then A2-stage`` in float64 rather than written
-    out, and its block structure is checked. Returns ``(A1, A2T (G, 2 N2, 2S), slots)`` with
-    ``slots[k]`` the flat ``g * S + s`` slot of frequency ``k``."""
-    if n1 % 2 or n1 * n2 != w:
-        raise ValueError(f"W factors must be (even N1, N2) with N1 * N2 = {w}, got {(n1, n2)}")
-    wk, groups = half_spectrum_size(w), n1 // 2
-    a = torch.arange(n1)
-    k1_of_row = torch.tensor([0, n1 // 2] + [g for g in range(1, groups) for _ in range(2)])
-    imag_row = torch.tensor([False, False] + [r == 1 for _ in range(1, groups) for r in range(2)])
-    f1 = _twiddle(k1_of_row[:, None], a[None, :], n1)
-    a1 = torch.where(imag_row[:, None], f1.imag, f1.real)  # (N1 rows (g, r), N1 a)
-    # dense[a N2 + b, o] = sum_rows A1[row, a] stage2[(row, b), o]
-    # -> stage2[(row, b), o] = sum_a inv(A1)[a, row] dense[a N2 + b, o]
-    full = torch.einsum("ar,abo->rbo", torch.linalg.inv(a1), dense.view(n1, n2, 2 * wk))
-    full = full.reshape(groups, 2 * n2, wk, 2)  # (g, (r, b), k, re/im)
-    k = torch.arange(wk)
-    group_of_k = torch.minimum(k % n1, n1 - k % n1)
-    group_of_k = torch.where(group_of_k == n1 // 2, 0, group_of_k)
-    slots_per_group = torch.bincount(group_of_k, minlength=groups)
-    s = int(slots_per_group.max())
-    a2t = torch.zeros(groups, 2 * n2, s, 2, dtype=torch.float64)
-    slot = torch.empty(wk, dtype=torch.int64)
-    used = [0] * groups
-    for freq in range(wk):
-        g = int(group_of_k[freq])
-        outside = torch.cat([full[:g, :, freq], full[g + 1:, :, freq]])
-        if outside.numel() and outside.abs().max() > 1e-9:
-            raise AssertionError(f"W = {n1} * {n2}: frequency {freq} is not confined to group {g}")
-        a2t[g, :, used[g]] = full[g, :, freq]
-        slot[freq] = g * s + used[g]
-        used[g] += 1
-    return a1, a2t.view(groups, 2 * n2, 2 * s), slot
-
-
 @lru_cache(maxsize=None)
 def _float64_matrices(h: int, w: int) -> _Separable:
     wk = half_spectrum_size(w)
-    dense = _twiddle(torch.arange(w)[:, None], torch.arange(wk)[None, :], w) / math.sqrt(w)
-    dense = torch.view_as_real(dense).flatten(1)  # (W, 2*Wk), (re, im) interleaved columns
+    forward = _twiddle(torch.arange(w)[:, None], torch.arange(wk)[None, :], w) / math.sqrt(w)
+    forward = torch.view_as_real(forward).flatten(1)  # (W, 2*Wk)
     # Im of DC and Nyquist: exactly zero, not 1e-17.
-    dense.view(w, wk, 2)[:, list(self_conjugate_bins(w)), 1] = 0.0
+    forward.view(w, wk, 2)[:, list(self_conjugate_bins(w)), 1] = 0.0
     c = half_spectrum_weights(w)
-
-    w_factors = W_FACTORS.get(w)
-    if w_factors is None:
-        w_forward, w_inverse = (dense,), (dense * c.repeat_interleave(2),)
-        slot, groups, slots = torch.arange(wk), 1, wk
-    else:
-        a1, a2t, slot = _w_stages(w, dense, *w_factors)
-        groups, slots = a2t.shape[0], a2t.shape[2] // 2
-        c_flat = torch.zeros(groups * slots, dtype=torch.float64)
-        c_flat[slot] = c
-        # inverse = forward^T diag(c): stage 2 transposed with c on its slots, then A1^T
-        w_forward = (a1, a2t)
-        w_inverse = (a2t * c_flat.view(groups, 1, slots).repeat_interleave(2, dim=-1), a1.T)
-    c_slots = torch.zeros(groups * slots, dtype=torch.float64)
-    c_slots[slot] = c
-    frequency_of_slot = torch.full((groups * slots,), wk, dtype=torch.int64)
-    frequency_of_slot[slot] = torch.arange(wk)
+    w_inverse = forward * c.repeat_interleave(2)
 
     h_factors = H_FACTORS.get(h)
     if h_factors is None:
@@ -304,8 +201,7 @@ def _float64_matrices(h: int, w: int) -> _Separable:
              * _twiddle(k2[None, :, None], k2[None, None, :], n2)) / math.sqrt(n2)
         h_forward = (f1, g)
         h_inverse = (g.conj().transpose(-1, -2), f1.conj().T)
-    return _Separable(w_factors, w_forward, w_inverse, h_factors, h_forward, h_inverse, slot,
-                     frequency_of_slot, c_slots.view(groups, 1, slots))
+    return _Separable(forward, w_inverse, h_factors, h_forward, h_inverse, c)
 
 
 _cache: dict[tuple, object] = {}
@@ -340,14 +236,10 @@ def _separable(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _Sep
         return t.to(device=device, dtype=to).contiguous()
 
     return _Separable(
-        base.w_factors,
-        tuple(move(t, dtype) for t in base.w_forward),
-        tuple(move(t, dtype) for t in base.w_inverse),
-        base.h_factors,
+        move(base.w_forward, dtype), move(base.w_inverse, dtype), base.h_factors,
         tuple(move(t, cdtype) for t in base.h_forward),
         tuple(move(t, cdtype) for t in base.h_inverse),
-        move(base.slot_of_frequency, torch.int64),
-        move(base.frequency_of_slot, torch.int64), move(base.c_slots, dtype),
+        move(base.c_weights, dtype),
     )
 
 
