@@ -105,6 +105,7 @@ def _usable(name: str, x: torch.Tensor, weight: torch.Tensor) -> Reason:
 # forward and forward+backward, in most runs (1.2-3.6x, median of interleaved per-round
 # ratios), but not in every run on a noisy machine (56x56x96: 0.6-1.0x late in full runs,
 # 1.2-2.1x alone; README, "CPU results"). Above 64x64 nothing was measured and its
+# O(H + W) work per element will lose to the FFT's O(log HW) somewhere: ``reference`` there.
 # CUDA: no GPU has measured these kernels yet, so the order comes from the static model
 # (``python -m benchmarks.gpu_model``, H100 SXM), which regenerates ``cuda_auto_table``: per
 # shape and dtype the backends by predicted forward+backward time, never one predicted
