@@ -307,6 +307,6 @@ def spectral_gate_dft_backward(
 
 register_backend(Backend(
     "dft", spectral_gate_dft, spectral_gate_dft_backward,
-    "separable real DFT as matrix products in plain PyTorch (no complex dtype)",
+    "the DFT as matrix products in plain PyTorch (one dense map for small grids, else separable)",
     widens_16bit=True,
 ))
