@@ -199,20 +199,21 @@ def analyze_triton(job: dict) -> dict:
     cubin = compiled.asm["cubin"]
     (name, res), = tr.cubin_resources(cubin).items()
     fn = sass.disassemble(cubin)[name]
-    per_program = min(tb.BATCH_PER_PROGRAM, job["batch"])
+    def trips(loop: sass.SourceLoop) -> bool:  # the batch loop
+        return Path(loop.file).name == TRITON_SOURCE.name and "for b in range" in loop.text
 
-    def trips(loop: sass.SourceLoop):
-        if Path(loop.file).name == TRITON_SOURCE.name and "for b in range" in loop.text:
-            return per_program
-        return None
-
-    counts = sass.count(fn, trips)
+    # The batch loop's trip count is the runtime batch_per_program: one count per choice.
+    by_batch = {}
+    for per_program in tb.BATCH_PER_PROGRAM_CHOICES:
+        trips_here = min(per_program, job["batch"])
+        counts = sass.count(fn, lambda loop, n=trips_here: n if trips(loop) else None)
+        by_batch[str(per_program)] = {
+            "by_class": dict(counts.by_class), "tensor_flops": counts.tensor_flops,
+            "mma_sync_flops": counts.mma_sync_flops, "shared_bytes": counts.shared_bytes,
+            "local_bytes": counts.local_bytes, "unresolved": counts.unresolved,
+        }
     return {
-        **res, "shared": int(compiled.metadata.shared),
-        "by_class": dict(counts.by_class), "tensor_flops": counts.tensor_flops,
-        "mma_sync_flops": counts.mma_sync_flops,
-        "shared_bytes": counts.shared_bytes, "local_bytes": counts.local_bytes,
-        "unresolved": counts.unresolved,
+        **res, "shared": int(compiled.metadata.shared), "counts": by_batch,
         "compile_s": round(time.perf_counter() - start, 1),
     }
 
@@ -251,6 +252,8 @@ def _compile_all(jobs: dict, workers: int, timeout: float) -> dict:
 
 
 def _counts_from(result: dict, warps: int) -> sass.Counts:
+    """A CTA's counts from one warp's (``analyze_triton``'s ``counts`` for one
+    batch-per-program choice)."""
     counts = sass.Counts()
     per_warp = sass.Counts()
     per_warp.by_class.update(result["by_class"])
@@ -274,7 +277,7 @@ def _sector_waste(block_c: int, c: int, itemsize: int) -> float:
 
 
 def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
-                   block_c: int, warps: int, result: dict) -> list:
+                   block_c: int, warps: int, per_program: int, result: dict) -> list:
     """The launches of one Triton config with their bytes (access pattern of the kernels in
     ``triton_backend``: masked loads touch only the real grid)."""
     from spectformer_kernels import triton_backend as tb
@@ -293,9 +296,9 @@ def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
         mats = 2 * (h * w * 2 * h * wk) * 4
     else:  # Fw^T, the H-axis blocks read from the interleaved real form, Gw^T
         mats = (2 * wk * w + 4 * h * h + 2 * w * wk) * 4
-    counts = _counts_from(result, warps)
+    counts = _counts_from(result["counts"][str(per_program)], warps)
     notes = [f"{len(counts.unresolved)} unresolved loops"] if counts.unresolved else []
-    groups = math.ceil(batch / tb.BATCH_PER_PROGRAM)  # programs per channel block
+    groups = math.ceil(batch / per_program)  # programs per channel block
     if kernel == "forward":
         ctas = groups * blocks
         launch = Launch("triton forward", ctas, 32 * warps, result["registers"],
@@ -742,10 +745,12 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
                     if res["stack_bytes"] > 0 or res["shared"] > K("smem_per_block"):
                         declined.append(f"{cfg}: stack frame {res['stack_bytes']} B")
                         continue
-                    p = predict(_triton_launch(kernel, dtype, batch, h, w, c, job["block_c"],
-                                               job["num_warps"], res))
-                    if best is None or p["seconds"] < best[1]["seconds"]:
-                        best = (cfg, p)
+                    for per_program in tb.BATCH_PER_PROGRAM_CHOICES:
+                        p = predict(_triton_launch(kernel, dtype, batch, h, w, c,
+                                                   job["block_c"], job["num_warps"],
+                                                   per_program, res))
+                        if best is None or p["seconds"] < best[1]["seconds"]:
+                            best = (f"{cfg},batch/program={per_program}", p)
                 if best:
                     rows.append({**base, "backend": "triton", "config": best[0], **best[1]})
                 else:

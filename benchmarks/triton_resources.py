@@ -99,8 +99,10 @@ def main(argv=None) -> None:
         for dtype in args.dtypes:
             for shape in args.shapes:
                 h, w, c = SHAPES[shape]
-                for cfg in _configs(kernel, dtype, h, w, c, args.all_configs):
-                    bc, nw = cfg.kwargs["BLOCK_C"], cfg.num_warps
+                # batch_per_program is a runtime argument: one binary per (BLOCK_C, warps)
+                pairs = dict.fromkeys((cfg.kwargs["BLOCK_C"], cfg.num_warps)
+                                      for cfg in _configs(kernel, dtype, h, w, c, args.all_configs))
+                for bc, nw in pairs:
                     if args.warps and nw not in args.warps:
                         continue
                     # The compiled code depends on the grid, not on C (a runtime argument).

@@ -88,8 +88,7 @@ def launch_arguments(kernel: str, dtype: str, batch: int, h: int, w: int, c: int
     mats = _StandInMatrices(h, w)
     if kernel == "forward":
         return tb.forward_arguments(x, weight, DeviceTensor(x.shape, dt), mats)
-    groups = -(-batch // tb.BATCH_PER_PROGRAM)
-    partials = DeviceTensor((groups, *weight_shape(h, w, c)), torch.float32)
+    partials = DeviceTensor((tb.partial_rows(batch), *weight_shape(h, w, c)), torch.float32)
     return tb.backward_arguments(DeviceTensor(x.shape, dt), x, weight, DeviceTensor(x.shape, dt),
                                  partials, mats)
 
@@ -106,7 +105,10 @@ def compile_config(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
         raise RuntimeError("TRITON_INTERPRET=1 is set: the kernels are interpreted, not compiled")
     fn = tb.kernel_function(kernel, h, w)
     target = GPUTarget("cuda", 90, 32)
-    config = triton.Config({"BLOCK_C": block_c}, num_warps=num_warps, num_stages=num_stages)
+    # batch_per_program is a runtime argument the kernels do not specialise on: one binary
+    # serves every value.
+    config = triton.Config({"BLOCK_C": block_c, "batch_per_program": tb.BATCH_PER_PROGRAM},
+                           num_warps=num_warps, num_stages=num_stages)
     options, signature, constexprs, attrs = tb.specialization(
         kernel, launch_arguments(kernel, dtype, batch, h, w, c), config, target)
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,

@@ -11,6 +11,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,8 @@ def test_model_runs_one_small_shape_per_kernel(tmp_path):
         assert sum(int(r["auto"]) for r in rows if r["direction"] == direction) == 1
     triton_rows = [r for r in rows if r["backend"] == "triton"]
     assert all(r["warp_instructions"] and int(r["spill_bytes"]) == 0 for r in triton_rows)
+    # the batch elements per program are part of the chosen config
+    assert all(re.search(r"batch/program=(8|16|32)$", r["config"]) for r in triton_rows)
     assert any(int(r["tensor_instructions"]) > 0 for r in triton_rows)  # bf16 dots: MMA
 
 
@@ -173,12 +176,13 @@ def test_model_rows_of_the_cufftdx_kernels():
 _SECTOR_BYTES = """
 import json
 from benchmarks import gpu_model as g
-result = {"registers": 64, "shared": 0, "stack_bytes": 0, "by_class": {}, "tensor_flops": 0,
-          "mma_sync_flops": 0, "shared_bytes": 0, "local_bytes": 0, "unresolved": []}
+counts = {"by_class": {}, "tensor_flops": 0, "mma_sync_flops": 0, "shared_bytes": 0,
+          "local_bytes": 0, "unresolved": []}
+result = {"registers": 64, "shared": 0, "stack_bytes": 0, "counts": {"8": counts}}
 rows = {}
 for kernel in ("forward", "backward"):
     for block_c in (1, 8, 16, 64):
-        launch = g._triton_launch(kernel, "bf16", 8, 28, 28, 64, block_c, 4, result)[0]
+        launch = g._triton_launch(kernel, "bf16", 8, 28, 28, 64, block_c, 4, 8, result)[0]
         rows[f"{kernel} {block_c}"] = [launch.dram_bytes, launch.l2_bytes]
 print(json.dumps(rows))
 """

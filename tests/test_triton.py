@@ -68,9 +68,14 @@ def test_matches_float64_oracle(grid, c, dtype):
     check_against_oracle(x, weight, grad, seed)
 
 
-def test_batch_split_across_programs_and_strided_inputs():
-    """B not a multiple of the backward's batch group; x, dy and weight non-contiguous."""
-    b = triton_backend.BATCH_PER_PROGRAM + 3
+@pytest.mark.parametrize("per_program", triton_backend.BATCH_PER_PROGRAM_CHOICES)
+def test_batch_split_across_programs_and_strided_inputs(monkeypatch, per_program):
+    """B not a multiple of the batch group, for every batch-per-program choice the autotuner
+    has (the dK partial buffer has rows for the smallest; only those a launch wrote are
+    summed, and unwritten rows are NaN here); x, dy and weight non-contiguous."""
+    if triton_backend.INTERPRETED:
+        monkeypatch.setattr(triton_backend, "BATCH_PER_PROGRAM", per_program)
+    b = per_program + 3
     x, weight, grad, seed = make_inputs((b, 6, 10, 17), torch.float32)
     x = x.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)  # W-major memory
     grad = grad.transpose(0, 1).contiguous().transpose(0, 1)  # H-major memory
