@@ -318,6 +318,8 @@ def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
                     + partials * _sector_waste(block_c, c, 8),
                     inflight_per_warp=2 * tile / warps, notes=notes)
     _local_traffic(launch)
+    if groups == 1:  # the one partial is dK: no sum is launched
+        return [launch]
     reduce = Launch("dK partial sum (torch)", dram_bytes=partials + filt,
                     l2_bytes=partials + filt)
     return [launch, reduce]

@@ -184,6 +184,10 @@ for kernel in ("forward", "backward"):
     for block_c in (1, 8, 16, 64):
         launch = g._triton_launch(kernel, "bf16", 8, 28, 28, 64, block_c, 4, 8, result)[0]
         rows[f"{kernel} {block_c}"] = [launch.dram_bytes, launch.l2_bytes]
+result["counts"]["16"] = counts
+rows["backward launches"] = [len(g._triton_launch("backward", "bf16", batch, 28, 28, 64, 8, 4,
+                                                  per_program, result))
+                             for batch, per_program in ((8, 8), (16, 16), (9, 8), (33, 16))]
 print(json.dumps(rows))
 """
 
@@ -202,6 +206,8 @@ def test_triton_l2_bytes_count_the_sectors_a_narrow_channel_tile_wastes():
         assert len(set(dram.values())) == 1 and dram[1] > moved  # DRAM: once, plus K, matrices
         assert l2[1] > 16 * moved and 2 * moved < l2[8] < 3 * moved, (kernel, l2)
         assert moved < l2[16] < 1.5 * moved and moved < l2[64] < 1.5 * moved, (kernel, l2)
+    # One batch group per channel block leaves dK in its one partial: no sum is launched.
+    assert rows["backward launches"] == [1, 1, 2, 2]
 
 
 def test_reference_sequence_follows_pytorchs_cuda_fft_path():
