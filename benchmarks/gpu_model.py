@@ -739,8 +739,7 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
                     if (job["kernel"], job["dtype"], job["h"], job["w"]) != (kernel, dtype, h, w):
                         continue
                     res = results[key]
-                    cfg = f"BLOCK_C={job['block_c']},warps={job['num_warps']}," \
-                          f"stages={job['num_stages']}"
+                    cfg = f"BLOCK_C={job['block_c']},warps={job['num_warps']}"
                     if "error" in res:
                         declined.append(f"{cfg}: {res['error']}")
                         continue
@@ -752,7 +751,8 @@ def run(shapes, dtypes, batch, arch, jobs_n, timeout, max_configs=None, log=prin
                                                    job["block_c"], job["num_warps"],
                                                    per_program, res))
                         if best is None or p["seconds"] < best[1]["seconds"]:
-                            best = (f"{cfg},batch/program={per_program}", p)
+                            best = (tb.config_name(job["block_c"], job["num_warps"],
+                                                   job["num_stages"], per_program), p)
                 if best:
                     rows.append({**base, "backend": "triton", "config": best[0], **best[1]})
                 else:

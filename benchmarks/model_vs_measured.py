@@ -22,7 +22,8 @@ from spectformer_kernels.cuda_backend import cuda_path
 
 MODEL = Path(__file__).resolve().parent / "results" / "gpu_model_sm_90a.csv"
 FIELDS = ["device", "backend", "shape", "batch", "dtype", "mode", "measured_us",
-          "predicted_us", "measured_over_predicted", "model_bound", "commit"]
+          "predicted_us", "measured_over_predicted", "model_bound", "measured_config",
+          "model_config", "commit"]
 
 
 def compare(measured_csv: Path, model_csv: Path = MODEL) -> list:
@@ -50,7 +51,11 @@ def compare(measured_csv: Path, model_csv: Path = MODEL) -> list:
                 "batch": m["batch"], "dtype": m["dtype"], "mode": m["mode"],
                 "measured_us": m["median_us"], "predicted_us": round(total, 2),
                 "measured_over_predicted": round(float(m["median_us"]) / total, 2),
-                "model_bound": "+".join(p["bound"] for p in parts), "commit": m["commit"],
+                "model_bound": "+".join(p["bound"] for p in parts),
+                # Triton: the autotuner's configs against the model's (fwd, then bwd)
+                "measured_config": m.get("config", ""),
+                "model_config": " | ".join(p["config"] for p in parts),
+                "commit": m["commit"],
             })
     return rows
 

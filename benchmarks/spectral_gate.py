@@ -35,7 +35,7 @@ MODES = ("fwd", "fwd+bwd")
 FIELDS = [
     "timestamp", "device", "torch", "triton", "cuda", "commit", "backend", "shape", "batch",
     "dtype", "mode", "median_us", "p25_us", "p75_us", "gbps", "pct_copy_bw", "speedup_vs_reference",
-    "speedup_p25", "speedup_p75", "rel_err_vs_reference", "copy_gbps", "timing",
+    "speedup_p25", "speedup_p75", "rel_err_vs_reference", "copy_gbps", "timing", "config",
 ]
 
 
@@ -82,6 +82,18 @@ def time_cpu_interleaved(runs: dict, min_seconds: float, min_rounds: int = 9) ->
             spent += times[name][-1]
         rounds += 1
     return times
+
+
+def tuned_config(backend: str, h: int, w: int, mode: str) -> str:
+    """The Triton configs the autotuner ran the case with (forward, then backward), named as
+    the GPU model names them, so ``model_vs_measured`` can set them side by side; empty for
+    the other backends."""
+    if backend != "triton":
+        return ""
+    from spectformer_kernels import triton_backend
+
+    kernels = ("forward",) if mode == "fwd" else ("forward", "backward")
+    return " | ".join(triton_backend.last_config(kernel, h, w) for kernel in kernels)
 
 
 def paired_speedups(reference: list[float], candidate: list[float]) -> tuple[float, float, float]:
@@ -155,8 +167,12 @@ def benchmark(args) -> list[dict]:
                 runs.pop(backend, None)
                 continue
             outputs[backend] = (out if isinstance(out, torch.Tensor) else out[0]).float()
+        configs = {}
         if device.type == "cuda":  # one backend after another; the GPU does not drift
-            samples = {backend: time_cuda(run, args.reps) for backend, run in runs.items()}
+            samples = {}
+            for backend, run in runs.items():
+                samples[backend] = time_cuda(run, args.reps)
+                configs[backend] = tuned_config(backend, h, w, mode)
         else:
             samples = time_cpu_interleaved(runs, args.min_seconds)
         ref_out = outputs["reference"]
@@ -175,6 +191,7 @@ def benchmark(args) -> list[dict]:
                 "rel_err_vs_reference": f"{err:.1e}", "copy_gbps": round(copy_bw / 1e9, 1),
                 "timing": "sequential, CUDA events" if device.type == "cuda" else
                           f"interleaved, {len(times)} rounds",
+                "config": configs.get(backend, ""),
             })
     return rows
 

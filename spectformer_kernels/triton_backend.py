@@ -893,6 +893,18 @@ def _programs(b: int, c: int):
                          * triton.cdiv(b, meta["batch_per_program"]),)
 
 
+def config_name(block_c: int, warps: int, stages: int, per_program: int) -> str:
+    """How results name a config (the GPU model's ``config`` column, the GPU benchmark's)."""
+    return f"BLOCK_C={block_c},warps={warps},stages={stages},batch/program={per_program}"
+
+
+def last_config(kernel: str, h: int, w: int) -> str:
+    """``config_name`` of the config the autotuner ran ``kernel`` with last (CUDA only)."""
+    cfg = kernel_function(kernel, h, w, tuned=True).best_config
+    return config_name(cfg.kwargs["BLOCK_C"], cfg.num_warps, cfg.num_stages,
+                       cfg.kwargs["batch_per_program"])
+
+
 def partial_rows(b: int) -> int:
     """Rows of the dK partial buffer: enough for every ``batch_per_program`` choice."""
     return triton.cdiv(b, min(BATCH_PER_PROGRAM_CHOICES))

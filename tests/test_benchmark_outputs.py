@@ -75,3 +75,34 @@ def test_cpu_timing_interleaves_backends_and_pairs_rounds():
     reference = [2.0, 2.0, 6.0, 6.0, 6.0]
     candidate = [1.0, 1.0, 3.0, 3.0, 3.0]
     assert spectral_gate.paired_speedups(reference, candidate) == (2.0, 2.0, 2.0)
+
+
+def test_model_vs_measured_joins_times_and_triton_configs(tmp_path):
+    """A GPU run's rows (here made up, with the autotuner's configs as the benchmark writes
+    them) set against the committed model: fwd+bwd is the model's fwd + bwd."""
+    from benchmarks import model_vs_measured as mvm
+
+    with mvm.MODEL.open() as f:
+        model = {(r["backend"], r["shape"], r["dtype"], r["direction"]): r
+                 for r in csv.DictReader(f) if r["batch"] == "128"}
+    fwd, bwd = (model[("triton", "14x14x384", "bf16", d)] for d in ("fwd", "bwd"))
+    measured = tmp_path / "spectral_gate_gpu.csv"
+    fields = ["device", "backend", "shape", "batch", "dtype", "mode", "median_us", "commit",
+              "config"]
+    with measured.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for mode, us, config in (("fwd", 20.0, "A"), ("fwd+bwd", 60.0, "A | B")):
+            writer.writerow({"device": "H100", "backend": "triton", "shape": "14x14x384",
+                             "batch": 128, "dtype": "bf16", "mode": mode, "median_us": us,
+                             "commit": "x", "config": config})
+        writer.writerow({**dict.fromkeys(fields, ""), "backend": "triton", "shape": "3x3x3",
+                         "batch": 128, "dtype": "bf16", "mode": "fwd", "median_us": 1.0})
+    rows = mvm.compare(measured)
+    assert [r["mode"] for r in rows] == ["fwd", "fwd+bwd"]  # the unmodelled shape is left out
+    assert rows[0]["predicted_us"] == round(float(fwd["predicted_us"]), 2)
+    total = float(fwd["predicted_us"]) + float(bwd["predicted_us"])
+    assert rows[1]["measured_over_predicted"] == round(60.0 / total, 2)
+    assert rows[1]["measured_config"] == "A | B"
+    assert rows[1]["model_config"] == f"{fwd['config']} | {bwd['config']}"
+    assert "batch/program=" in fwd["config"]
