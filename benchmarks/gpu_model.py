@@ -199,14 +199,15 @@ def analyze_triton(job: dict) -> dict:
     cubin = compiled.asm["cubin"]
     (name, res), = tr.cubin_resources(cubin).items()
     fn = sass.disassemble(cubin)[name]
-    def trips(loop: sass.SourceLoop) -> bool:  # the batch loop
+
+    def batch_loop(loop: sass.SourceLoop) -> bool:
         return Path(loop.file).name == TRITON_SOURCE.name and "for b in range" in loop.text
 
     # The batch loop's trip count is the runtime batch_per_program: one count per choice.
     by_batch = {}
     for per_program in tb.BATCH_PER_PROGRAM_CHOICES:
-        trips_here = min(per_program, job["batch"])
-        counts = sass.count(fn, lambda loop, n=trips_here: n if trips(loop) else None)
+        trips = min(per_program, job["batch"])
+        counts = sass.count(fn, lambda loop, n=trips: n if batch_loop(loop) else None)
         by_batch[str(per_program)] = {
             "by_class": dict(counts.by_class), "tensor_flops": counts.tensor_flops,
             "mma_sync_flops": counts.mma_sync_flops, "shared_bytes": counts.shared_bytes,

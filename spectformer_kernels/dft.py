@@ -80,6 +80,17 @@ def _twiddle(rows: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
     return torch.polar(torch.ones_like(angle), angle)
 
 
+def _matmul_into(matrix: torch.Tensor, operand: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``matrix @ operand`` (batched over ``operand``'s first axis) written into ``out``:
+    straight into it when the dtypes match, else converted on the copy."""
+    result = out.view(operand.shape[0], matrix.shape[0], operand.shape[-1])
+    if out.dtype == matrix.dtype:
+        torch.matmul(matrix, operand, out=result)
+    else:
+        result.copy_(torch.matmul(matrix, operand))
+    return out
+
+
 @dataclass(frozen=True)
 class _Separable:
     """One grid's transforms in one dtype on one device; the spectrum is complex
@@ -105,13 +116,10 @@ class _Separable:
     def inverse(self, spec: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Ortho ``irfft2`` (CPU semantics) of complex ``(B, H, C*Wk)`` into ``out (B, H, W,
         C)`` (converted to ``out``'s dtype)."""
-        b, h, w, c = out.shape
+        b, h, _, c = out.shape
         along_h = torch.view_as_real(_along_h(spec, self.h_inverse, self.h_factors, inverse=True))
         cols = along_h.view(b * h, c, -1).transpose(1, 2)  # (BH, 2Wk, C) view
-        if out.dtype == self.w_inverse.dtype:
-            torch.matmul(self.w_inverse, cols, out=out.view(b * h, w, c))
-            return out
-        return out.copy_(torch.matmul(self.w_inverse, cols).view(b, h, w, c))
+        return _matmul_into(self.w_inverse, cols, out)
 
     # The factored H axis leaves position k1 * N2 + k2 holding frequency k1 + N1 * k2: the
     # natural axis split as (N2, N1) and transposed, so the filter and its gradient move
@@ -160,12 +168,9 @@ class _DenseMap:
         return torch.view_as_complex(s.view(b, c, -1, 2))
 
     def inverse(self, spec: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = out.shape
+        b, c = out.shape[0], out.shape[-1]
         cols = torch.view_as_real(spec).view(b, c, -1).transpose(1, 2)  # (B, 2HWk, C) view
-        if out.dtype == self.inverse_t.dtype:
-            torch.matmul(self.inverse_t, cols, out=out.view(b, h * w, c))
-            return out
-        return out.copy_(torch.matmul(self.inverse_t, cols).view(b, h, w, c))
+        return _matmul_into(self.inverse_t, cols, out)
 
     def filter_layout(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         h, wk, c, _ = weight.shape
