@@ -603,35 +603,8 @@ Status backward_with_callbacks(CallbackPlans* p, const GateShape& s, const void*
 
 #endif  // SPECTFORMER_CUFFT_LTO_CALLBACKS
 
-// Work-area bytes of the plans this call will use, creating them on first use.
-Status plan_work_bytes(const GateShape& s, ScalarType dtype, cudaStream_t stream,
-                       size_t* work_bytes) {
-#if SPECTFORMER_CUFFT_LTO_CALLBACKS
-  std::shared_ptr<CallbackPlans> cb;
-  SPECTFORMER_RETURN_IF_ERROR(get_callback_plans(s, dtype, stream, &cb));
-  if (cb) {
-    // Outside capture, also make the plain plans: a later capture on another stream (whose
-    // callback plans cannot be made then) runs the gate-kernel path on them.
-    bool capturing = false;
-    SPECTFORMER_RETURN_IF_ERROR(stream_is_capturing(stream, &capturing));
-    if (!capturing) {
-      std::shared_ptr<PlanPair> plans;
-      SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, stream, &plans));
-    }
-    *work_bytes = cb->work_bytes;
-    return Status();
-  }
-#else
-  (void)dtype;
-#endif
-  std::shared_ptr<PlanPair> plans;
-  SPECTFORMER_RETURN_IF_ERROR(get_plans(s.batch * s.channels, s.height, s.width, stream, &plans));
-  *work_bytes = plans->work_bytes;
-  return Status();
-}
-
-// The plans one call runs on, with its workspace checked and carved: the callback plans
-// where they can be made (cb), else the plain pair (plain).
+// The plans one call runs on: the callback plans where they can be made (cb), else the
+// plain pair (plain); and, once a call carves its workspace, that workspace (sc).
 struct CallPlans {
 #if SPECTFORMER_CUFFT_LTO_CALLBACKS
   std::shared_ptr<CallbackPlans> cb;
@@ -640,22 +613,50 @@ struct CallPlans {
   Scratch sc{};
 };
 
-Status plans_for_call(const GateShape& s, ScalarType dtype, void* workspace,
-                      size_t workspace_bytes, cudaStream_t stream, CallPlans* call) {
-  size_t work_bytes = 0;
-  bool callbacks = false;
+// Picks (creating on first use) the plans a call of this shape runs on, and their
+// work-area bytes.
+Status select_plans(const GateShape& s, ScalarType dtype, cudaStream_t stream, CallPlans* call,
+                    size_t* work_bytes) {
 #if SPECTFORMER_CUFFT_LTO_CALLBACKS
   SPECTFORMER_RETURN_IF_ERROR(get_callback_plans(s, dtype, stream, &call->cb));
-  callbacks = call->cb != nullptr;
-  if (callbacks) work_bytes = call->cb->work_bytes;
+  if (call->cb) {
+    *work_bytes = call->cb->work_bytes;
+    return Status();
+  }
 #else
   (void)dtype;
 #endif
-  if (!callbacks) {
-    SPECTFORMER_RETURN_IF_ERROR(
-        get_plans(s.batch * s.channels, s.height, s.width, stream, &call->plain));
-    work_bytes = call->plain->work_bytes;
+  SPECTFORMER_RETURN_IF_ERROR(
+      get_plans(s.batch * s.channels, s.height, s.width, stream, &call->plain));
+  *work_bytes = call->plain->work_bytes;
+  return Status();
+}
+
+// Work-area bytes of the plans this call will use, creating them on first use.
+Status plan_work_bytes(const GateShape& s, ScalarType dtype, cudaStream_t stream,
+                       size_t* work_bytes) {
+  CallPlans call;
+  SPECTFORMER_RETURN_IF_ERROR(select_plans(s, dtype, stream, &call, work_bytes));
+#if SPECTFORMER_CUFFT_LTO_CALLBACKS
+  if (call.cb) {
+    // Outside capture, also make the plain plans: a later capture on another stream (whose
+    // callback plans cannot be made then) runs the gate-kernel path on them.
+    bool capturing = false;
+    SPECTFORMER_RETURN_IF_ERROR(stream_is_capturing(stream, &capturing));
+    if (!capturing) {
+      SPECTFORMER_RETURN_IF_ERROR(
+          get_plans(s.batch * s.channels, s.height, s.width, stream, &call.plain));
+    }
   }
+#endif
+  return Status();
+}
+
+// The call's plans, with its workspace checked and carved.
+Status plans_for_call(const GateShape& s, ScalarType dtype, void* workspace,
+                      size_t workspace_bytes, cudaStream_t stream, CallPlans* call) {
+  size_t work_bytes = 0;
+  SPECTFORMER_RETURN_IF_ERROR(select_plans(s, dtype, stream, call, &work_bytes));
   SPECTFORMER_RETURN_IF_ERROR(validate_workspace(s, work_bytes, workspace, workspace_bytes));
   call->sc = carve(s, workspace);
   return Status();

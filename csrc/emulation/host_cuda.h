@@ -80,11 +80,6 @@ inline T min(T a, T b) { return b < a ? b : a; }
 template <typename T>
 inline T max(T a, T b) { return a < b ? b : a; }
 
-inline void sincospi(double a, double* s, double* c) {
-  *s = std::sin(M_PI * a);
-  *c = std::cos(M_PI * a);
-}
-
 // ---- bf16 / fp16 -------------------------------------------------------------------------
 
 struct __nv_bfloat16 {
