@@ -38,6 +38,7 @@ is the forward map with ``conj(K)`` (the map is self-adjoint up to conjugating `
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
@@ -72,6 +73,64 @@ DENSE_MAX_TOKENS = 81
 # whole-batch passes were slower still).
 CPU_CHUNK_BYTES = 4 << 20
 
+# The CPU path keeps its intermediates in a per-thread workspace of three buffers, kept
+# between calls while they total at most this many bytes (larger needs get buffers for the
+# call, still reused across its chunks). Measured on the 2-core development VM (2 threads,
+# batch 16, fp32, interleaved with a fresh allocation per stage): 5-8% faster, e.g. 5.53 /
+# 5.83 ms forward and 14.5 / 15.3 ms forward+backward at 14x14x384, 4.96 / 5.34 ms
+# forward+backward at 7x7x768, 16.1 / 17.1 ms forward at 56x56x64; the page faults per
+# forward at 14x14x384 fell from about 390 to 290 (the output is still fresh memory).
+WORKSPACE_MAX_BYTES = 32 << 20
+_WORKSPACE_BUFFERS = 3  # the backward's peak: the spectra of dy and x, and one stage output
+
+
+class _Scratch:
+    """Buffers for one call's intermediates: ``take`` hands out a free one viewed as the
+    requested shape and dtype (an ``out=`` argument), ``give`` returns it once its contents
+    are dead. Without a pool (export, autograd recording the ops, other devices) ``take``
+    gives None, so every op allocates its result as usual, and ``give`` does nothing.
+    ``recording``: autograd records the ops, so nothing may be written with ``out=``."""
+
+    def __init__(self, pool: Optional[list] = None, recording: bool = False):
+        self._free = list(pool or ())
+        self._used: dict[int, torch.Tensor] = {}
+        self._pooled = pool is not None
+        self.recording = recording
+
+    def take(self, shape, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        if not self._pooled:
+            return None
+        buffer = self._free.pop()
+        view = buffer[:math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+        self._used[view.data_ptr()] = buffer
+        return view
+
+    def give(self, tensor: torch.Tensor) -> None:
+        """Return ``tensor``'s buffer (nothing if it is not a scratch buffer, e.g. an input
+        that needed no conversion)."""
+        if self._pooled and tensor.data_ptr() in self._used:
+            self._free.append(self._used.pop(tensor.data_ptr()))
+
+    def converted(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``x`` in ``dtype``: itself, or a converted copy in a scratch buffer."""
+        buffer = self.take(x.shape, dtype) if x.dtype != dtype else None
+        return x.to(dtype) if buffer is None else buffer.copy_(x)
+
+
+_workspace = threading.local()
+
+
+def _cpu_pool(nbytes: int) -> list:
+    """Byte buffers of at least ``nbytes`` each: this thread's workspace (grown when too
+    small) if it stays within WORKSPACE_MAX_BYTES, else fresh ones."""
+    if _WORKSPACE_BUFFERS * nbytes > WORKSPACE_MAX_BYTES:
+        return [torch.empty(nbytes, dtype=torch.uint8) for _ in range(_WORKSPACE_BUFFERS)]
+    kept = getattr(_workspace, "buffers", None)
+    if kept is None or kept[0].numel() < nbytes:
+        kept = [torch.empty(nbytes, dtype=torch.uint8) for _ in range(_WORKSPACE_BUFFERS)]
+        _workspace.buffers = kept
+    return kept
+
 
 def _twiddle(rows: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
     """``exp(-2i pi rows*cols / n)`` in complex128, the angle reduced exactly mod ``n``."""
@@ -80,14 +139,18 @@ def _twiddle(rows: torch.Tensor, cols: torch.Tensor, n: int) -> torch.Tensor:
     return torch.polar(torch.ones_like(angle), angle)
 
 
-def _matmul_into(matrix: torch.Tensor, operand: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _matmul_into(matrix: torch.Tensor, operand: torch.Tensor, out: torch.Tensor,
+                 scratch: _Scratch) -> torch.Tensor:
     """``matrix @ operand`` (batched over ``operand``'s first axis) written into ``out``:
-    straight into it when the dtypes match, else converted on the copy."""
-    result = out.view(operand.shape[0], matrix.shape[0], operand.shape[-1])
-    if out.dtype == matrix.dtype:
-        torch.matmul(matrix, operand, out=result)
+    straight into it when the dtypes match, else through a scratch buffer, converted on the
+    copy."""
+    shape = (operand.shape[0], matrix.shape[0], operand.shape[-1])
+    if out.dtype == matrix.dtype and not scratch.recording:
+        torch.matmul(matrix, operand, out=out.view(shape))
     else:
-        result.copy_(torch.matmul(matrix, operand))
+        result = torch.matmul(matrix, operand, out=scratch.take(shape, matrix.dtype))
+        out.view(shape).copy_(result)
+        scratch.give(result)
     return out
 
 
@@ -104,22 +167,28 @@ class _Separable:
     c_weights: torch.Tensor  # (Wk,) c_k
 
     def spectrum_bytes(self, h: int, c: int) -> int:
-        return h * c * self.c_weights.numel() * 8
+        return h * c * self.c_weights.numel() * 2 * self.c_weights.dtype.itemsize
 
-    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+    def spectrum(self, x: torch.Tensor, scratch: _Scratch) -> torch.Tensor:
         """Forward ortho ``rfft2`` of real ``x (B, H, W, C)`` as complex ``(B, H, C*Wk)``."""
         b, h, w, c = x.shape
-        along_w = torch.matmul(x.reshape(b * h, w, c).transpose(1, 2), self.w_forward)
+        dtype = self.w_forward.dtype
+        x = scratch.converted(x, dtype)
+        along_w = torch.matmul(x.reshape(b * h, w, c).transpose(1, 2), self.w_forward,
+                               out=scratch.take((b * h, c, self.w_forward.shape[1]), dtype))
+        scratch.give(x)
         return _along_h(torch.view_as_complex(along_w.view(b, h, -1, 2)), self.h_forward,
-                        self.h_factors, inverse=False)
+                        self.h_factors, False, scratch)
 
-    def inverse(self, spec: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def inverse(self, spec: torch.Tensor, out: torch.Tensor, scratch: _Scratch) -> torch.Tensor:
         """Ortho ``irfft2`` (CPU semantics) of complex ``(B, H, C*Wk)`` into ``out (B, H, W,
-        C)`` (converted to ``out``'s dtype)."""
+        C)`` (converted to ``out``'s dtype); ``spec``'s buffer is reused."""
         b, h, _, c = out.shape
-        along_h = torch.view_as_real(_along_h(spec, self.h_inverse, self.h_factors, inverse=True))
+        along_h = torch.view_as_real(_along_h(spec, self.h_inverse, self.h_factors, True, scratch))
         cols = along_h.view(b * h, c, -1).transpose(1, 2)  # (BH, 2Wk, C) view
-        return _matmul_into(self.w_inverse, cols, out)
+        _matmul_into(self.w_inverse, cols, out, scratch)
+        scratch.give(along_h)
+        return out
 
     # The factored H axis leaves position k1 * N2 + k2 holding frequency k1 + N1 * k2: the
     # natural axis split as (N2, N1) and transposed, so the filter and its gradient move
@@ -160,17 +229,22 @@ class _DenseMap:
     c_weights: torch.Tensor  # (H*Wk,): c_k of each spectrum column
 
     def spectrum_bytes(self, h: int, c: int) -> int:
-        return c * self.c_weights.numel() * 8
+        return c * self.c_weights.numel() * 2 * self.c_weights.dtype.itemsize
 
-    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+    def spectrum(self, x: torch.Tensor, scratch: _Scratch) -> torch.Tensor:
         b, h, w, c = x.shape
-        s = torch.matmul(x.reshape(b, h * w, c).transpose(1, 2), self.forward)  # (B, C, 2HWk)
+        x = scratch.converted(x, self.forward.dtype)
+        s = torch.matmul(x.reshape(b, h * w, c).transpose(1, 2), self.forward,  # (B, C, 2HWk)
+                         out=scratch.take((b, c, self.forward.shape[1]), self.forward.dtype))
+        scratch.give(x)
         return torch.view_as_complex(s.view(b, c, -1, 2))
 
-    def inverse(self, spec: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def inverse(self, spec: torch.Tensor, out: torch.Tensor, scratch: _Scratch) -> torch.Tensor:
         b, c = out.shape[0], out.shape[-1]
         cols = torch.view_as_real(spec).view(b, c, -1).transpose(1, 2)  # (B, 2HWk, C) view
-        return _matmul_into(self.inverse_t, cols, out)
+        _matmul_into(self.inverse_t, cols, out, scratch)
+        scratch.give(spec)
+        return out
 
     def filter_layout(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         h, wk, c, _ = weight.shape
@@ -250,29 +324,42 @@ def _separable(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _Sep
 
 # -- the two transforms ------------------------------------------------------------------------
 
-def _along_h(spec: torch.Tensor, mats: tuple[torch.Tensor, ...], factors, inverse: bool):
-    """The H-axis transform (dense or factored, forward or inverse) of ``(B, H, M)``."""
-    if factors is None:
-        return torch.matmul(mats[0], spec)
+def _along_h(spec: torch.Tensor, mats: tuple[torch.Tensor, ...], factors, inverse: bool,
+             scratch: _Scratch) -> torch.Tensor:
+    """The H-axis transform (dense or factored, forward or inverse) of ``(B, H, M)``, each
+    stage into a scratch buffer, its input's buffer given back."""
     b, h, cols = spec.shape
-    n1, n2 = factors
-    if not inverse:  # F1 over n1, then the twiddled G per k1 over n2
-        t = torch.matmul(mats[0], spec.view(b, n1, n2 * cols))
-        return torch.matmul(mats[1], t.view(b, n1, n2, cols)).view(b, h, cols)
-    # the conjugate-transposed stages in reverse: G^H per k1 over k2, then F1^H over k1
-    t = torch.matmul(mats[0], spec.view(b, n1, n2, cols))
-    return torch.matmul(mats[1], t.view(b, n1, n2 * cols)).view(b, h, cols)
+    if factors is None:
+        shapes = [(b, h, cols)]
+    else:
+        # forward: F1 over n1, then the twiddled G per k1 over n2; inverse: the
+        # conjugate-transposed stages in reverse (G^H per k1 over k2, then F1^H over k1)
+        n1, n2 = factors
+        shapes = [(b, n1, n2 * cols), (b, n1, n2, cols)][::-1 if inverse else 1]
+    for matrix, shape in zip(mats, shapes):
+        out = torch.matmul(matrix, spec.view(shape),
+                           out=scratch.take(shape, spec.dtype))
+        scratch.give(spec)
+        spec = out
+    return spec.view(b, h, cols)
 
 
-def _image_chunks(x: torch.Tensor, m, chunked: bool) -> list[slice]:
-    """Slices of the batch processed one after another on the CPU, so that each chunk's
-    spectrum stays in cache through all the stages; one slice elsewhere (and when the
-    caller traces the op for export)."""
+def _image_chunks(m, chunked: bool, x: torch.Tensor, *others: torch.Tensor) -> tuple:
+    """Slices of the batch processed one after another, and the scratch for their
+    intermediates. On the CPU each chunk's spectrum stays in cache through all the stages,
+    and the scratch buffers come from the workspace unless autograd records the ops (a
+    caller differentiating through this function). Elsewhere, and when the caller traces the
+    op for export (``chunked=False``), one slice and intermediates allocated as usual."""
     b, h, w, c = x.shape
-    if not chunked or x.device.type != "cpu" or b <= 1:
-        return [slice(0, b)]
-    step = max(1, CPU_CHUNK_BYTES // (2 * m.spectrum_bytes(h, c)))  # complex64, plus headroom
-    return [slice(i, min(i + step, b)) for i in range(0, b, step)]
+    recording = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *others))
+    if not chunked or x.device.type != "cpu":
+        return [slice(0, b)], _Scratch(recording=recording)
+    per_image = m.spectrum_bytes(h, c)
+    step = max(1, CPU_CHUNK_BYTES // (2 * per_image))  # with headroom for the matrices
+    chunks = [slice(i, min(i + step, b)) for i in range(0, b, step)]
+    if recording:
+        return chunks, _Scratch(recording=True)
+    return chunks, _Scratch(_cpu_pool(min(step, b) * per_image))
 
 
 def spectral_gate_dft(x: torch.Tensor, weight: torch.Tensor, *, chunked: bool = True) -> torch.Tensor:
@@ -281,9 +368,10 @@ def spectral_gate_dft(x: torch.Tensor, weight: torch.Tensor, *, chunked: bool = 
     m = _matrices(h, w, dtype, x.device)
     k = m.filter_layout(weight, dtype)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    for images in _image_chunks(x, m, chunked):
-        spec = m.spectrum(x[images].to(dtype))
-        m.inverse(spec.mul_(k), out=y[images])
+    chunks, scratch = _image_chunks(m, chunked, x, weight)
+    for images in chunks:
+        spec = m.spectrum(x[images], scratch)
+        m.inverse(spec.mul_(k), y[images], scratch)
     return y
 
 
@@ -298,15 +386,17 @@ def spectral_gate_dft_backward(
     k_conj = m.filter_layout(weight, dtype).conj_physical()
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     grad_k = None
-    for images in _image_chunks(x, m, True):
-        d_spec = m.spectrum(grad_out[images].to(dtype))  # the spectrum of dy: D = c * d_spec
-        spec = m.spectrum(x[images].to(dtype))
+    chunks, scratch = _image_chunks(m, True, x, grad_out, weight)
+    for images in chunks:
+        d_spec = m.spectrum(grad_out[images], scratch)  # the spectrum of dy: D = c * d_spec
+        spec = m.spectrum(x[images], scratch)
         # sum_b conj(X) * d_spec, in X's buffer; conj_physical_, not conj() or linalg.vecdot:
         # their lazy conjugate bit is lost inside an AOTAutograd graph.
         partial = spec.conj_physical_().mul_(d_spec).sum(0)
+        scratch.give(spec)
         grad_k = partial if grad_k is None else grad_k.add_(partial)  # chunks in order
         # dx = the forward map with conj(K): the inverse of D * conj(K) / c = d_spec * conj(K).
-        m.inverse(d_spec.mul_(k_conj), out=grad_x[images])
+        m.inverse(d_spec.mul_(k_conj), grad_x[images], scratch)
     return grad_x, m.filter_gradient(grad_k, wk, c)  # dK = sum_b conj(X) * c * d_spec
 
 

@@ -113,6 +113,78 @@ def test_dft_batch_chunks_match_the_oracle(monkeypatch, chunk_bytes):
     check_against_oracle((3, 28, 9, 2), torch.bfloat16, "dft", fresh_seed())
 
 
+def test_dft_workspace_is_reused_without_touching_earlier_results(monkeypatch):
+    """The CPU path keeps its intermediates in a per-thread workspace between calls. Later
+    calls (other shapes and forms, bf16, the backward, a workspace that must grow) may not
+    change an earlier call's results, and no result may live in the workspace."""
+    from spectformer_kernels import dft
+
+    monkeypatch.setattr(dft, "CPU_CHUNK_BYTES", 2 * 14 * 6 * 8 * 8 * 2)  # two images a chunk
+    cases = [((5, 14, 14, 6), torch.float32), ((3, 28, 9, 2), torch.bfloat16),
+             ((4, 7, 7, 5), torch.float32), ((5, 20, 21, 9), torch.float32)]
+    kept = []
+    for shape, dtype in cases:
+        x, weight, grad = make_inputs(shape, dtype, seed=fresh_seed())
+        outputs = (dft.spectral_gate_dft(x, weight),
+                   *dft.spectral_gate_dft_backward(grad, x, weight))
+        kept.append((x, weight, grad, outputs, [t.clone() for t in outputs]))
+    workspace = [(b.data_ptr(), b.data_ptr() + b.numel()) for b in dft._workspace.buffers]
+    for x, weight, grad, outputs, copies in kept:
+        for got, copy in zip(outputs, copies):
+            assert torch.equal(got, copy)
+            assert not any(lo <= got.data_ptr() < hi for lo, hi in workspace)
+        assert_matches_oracle(x, weight, grad, outputs, f"dft {tuple(x.shape)} {x.dtype}")
+
+
+def test_dft_workspace_per_thread_and_size_bound(monkeypatch):
+    """Threads running the CPU path at once each get their own workspace; a need above
+    WORKSPACE_MAX_BYTES gets buffers for the call, and the kept workspace is left alone."""
+    import threading
+
+    from spectformer_kernels import dft
+
+    shapes = [(6, 14, 14, 8), (4, 12, 10, 7), (5, 9, 16, 3)]
+    errors = []
+
+    def run(shape):
+        try:
+            for _ in range(3):
+                x, weight, grad = make_inputs(shape, seed=fresh_seed())
+                outputs = (dft.spectral_gate_dft(x, weight),
+                           *dft.spectral_gate_dft_backward(grad, x, weight))
+                assert_matches_oracle(x, weight, grad, outputs, f"thread {shape}")
+        except AssertionError as failure:
+            errors.append(failure)
+
+    threads = [threading.Thread(target=run, args=(shape,)) for shape in shapes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+    dft.spectral_gate_dft(*make_inputs((2, 5, 6, 3))[:2])
+    before = [b.data_ptr() for b in dft._workspace.buffers]
+    monkeypatch.setattr(dft, "WORKSPACE_MAX_BYTES", 0)
+    check_against_oracle((3, 14, 15, 4), torch.float32, "dft", fresh_seed())
+    assert [b.data_ptr() for b in dft._workspace.buffers] == before
+
+
+def test_dft_called_directly_stays_differentiable():
+    """``spectral_gate_dft`` is plain PyTorch ops: called directly with inputs that require
+    grad, autograd differentiates through it (the workspace, written with out=, is not used
+    then)."""
+    from spectformer_kernels import dft
+
+    x, weight, grad = make_inputs((3, 14, 9, 4), seed=fresh_seed())
+    x.requires_grad_(True)
+    weight.requires_grad_(True)
+    y = dft.spectral_gate_dft(x, weight)
+    y.backward(grad)
+    assert_matches_oracle(x.detach(), weight.detach(), grad, (y, x.grad, weight.grad),
+                          "dft called directly")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_dft_small_grids_match_the_oracle_in_both_forms(monkeypatch, dtype):
     """Grids up to DENSE_MAX_TOKENS tokens take one dense matrix per transform; the separable
