@@ -22,6 +22,20 @@ Two kernel forms, chosen per grid (``uses_dense_map``):
       Z = conj(Fh) @ G    H-axis inverse, the same way
       y = Z @ M4          W-axis inverse with CPU ``irfft`` rules (M4 = Gw^T, stacked rows)
 
+  That is the arrangement *from the left*. The other, *from the right*, takes the H axis
+  from the right too (Fh is symmetric): A is regrouped (a permutation, through shared
+  memory) into its real and imaginary parts as ``(BLOCK_C*S/2, H)`` tiles, rows (c, k),
+  ``X = A @ Fh`` and ``Z = G @ conj(Fh)`` are four real products each, and Z is regrouped
+  back. Every product's result is then the next one's left operand, held in registers,
+  and the only shared-memory operands are the constant matrices: two regroupings per image
+  instead of three conversions into shared operands. By the model (sm_90a, batch 128) it
+  is 3-9% faster forward at 14x14 and 28x28 (14x14x384 bf16 17.8 -> 17.3 us) and lets the
+  fp32 forward fit at 56x56, and 3-18% faster backward at 14x14 in 16-bit; it holds more
+  registers elsewhere (the 16-bit forward at 56x56 would spill; the backward, which
+  holds two spectra, spills or slows down from 28x28 and in fp32). So the forward runs
+  from the right up to 32 rows and in fp32, the backward in 16-bit up to 16 rows, and
+  each kernel picks its arrangement at compile time from its constants.
+
 * **Dense map** (small grids, padded H*W and 2*H*Wk at most ``DENSE_MAX``, e.g. 7x7). The
   whole rfft2 and the whole inverse are one real matrix each (``dft_matrices.dense_maps``),
   and a batch element is a ``(BLOCK_C, H*W)`` tile with channels as rows: two products and
@@ -412,6 +426,63 @@ if _TRITON_IMPORT_ERROR is None:
         return _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, a, HP, BLOCK_C * (S // 2),
                              False, DOT_DTYPE, SPLIT)
 
+    @triton.jit
+    def _complex_right(a_re, a_im, m_re_hi, m_re_lo, m_im_hi, m_im_lo, CONJ: tl.constexpr,
+                       DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
+        """``a @ (m_re + i m_im)``, or ``a @ (m_re - i m_im)`` when CONJ, for a complex
+        ``a`` given as its parts: four real products. Returns re, im."""
+        re_hi, re_lo = _split(a_re, DOT_DTYPE, SPLIT)
+        im_hi, im_lo = _split(a_im, DOT_DTYPE, SPLIT)
+        p = _mm(re_hi, re_lo, m_re_hi, m_re_lo, SPLIT)
+        q = _mm(im_hi, im_lo, m_im_hi, m_im_lo, SPLIT)
+        r = _mm(re_hi, re_lo, m_im_hi, m_im_lo, SPLIT)
+        t = _mm(im_hi, im_lo, m_re_hi, m_re_lo, SPLIT)
+        if CONJ:
+            return p + q, t - r
+        return p - q, r + t
+
+    @triton.jit
+    def _load_filter_columns(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
+                             H: tl.constexpr, WK: tl.constexpr, HP: tl.constexpr,
+                             S: tl.constexpr, BLOCK_C: tl.constexpr, SCALE: tl.constexpr):
+        """K's parts as (BLOCK_C * S // 2, HP) fp32 tiles, rows (c, k), columns h; scaled per
+        channel like ``_normalized_filter``, with the (1, BLOCK_C, 1) factor undoing it."""
+        rows = tl.arange(0, BLOCK_C * (S // 2))[:, None]
+        hh = tl.arange(0, HP)[None, :]
+        cc = rows // (S // 2)
+        kk = rows % (S // 2)
+        mask = (cc < n_channels) & (kk < WK) & (hh < H)
+        k_ptr = weight_ptr + (c0 + cc) * sk_c + kk * sk_k + hh * sk_h
+        k_re = tl.load(k_ptr, mask=mask, other=0.0).to(tl.float32)
+        k_im = tl.load(k_ptr + sk_p, mask=mask, other=0.0).to(tl.float32)
+        if SCALE:
+            m = tl.max(tl.reshape(tl.maximum(tl.abs(k_re), tl.abs(k_im)),
+                                  (BLOCK_C, (S // 2) * HP)), axis=1)
+            scale, inverse = _power_of_two_scale(m)
+            k_re = tl.reshape(tl.reshape(k_re, (BLOCK_C, (S // 2) * HP)) * scale[:, None],
+                              k_re.shape)
+            k_im = tl.reshape(tl.reshape(k_im, (BLOCK_C, (S // 2) * HP)) * scale[:, None],
+                              k_im.shape)
+        else:
+            inverse = tl.full((BLOCK_C,), 1.0, tl.float32)
+        return k_re, k_im, inverse[None, :, None]
+
+    @triton.jit
+    def _rows_to_columns(a, HP: tl.constexpr, BLOCK_C: tl.constexpr, S: tl.constexpr):
+        """(HP * BLOCK_C, S) rows (h, c), columns (k, part) -> the real and imaginary parts
+        as (BLOCK_C * S // 2, HP) tiles, rows (c, k), columns h: the regrouping between the
+        two axes."""
+        a = tl.permute(tl.reshape(a, (HP, BLOCK_C, S // 2, 2)), (1, 2, 0, 3))
+        re, im = tl.split(a)
+        return (tl.reshape(re, (BLOCK_C * (S // 2), HP)),
+                tl.reshape(im, (BLOCK_C * (S // 2), HP)))
+
+    @triton.jit
+    def _columns_to_rows(re, im, HP: tl.constexpr, BLOCK_C: tl.constexpr, S: tl.constexpr):
+        """The inverse regrouping of ``_rows_to_columns``."""
+        a = tl.join(tl.reshape(re, (BLOCK_C, S // 2, HP)), tl.reshape(im, (BLOCK_C, S // 2, HP)))
+        return tl.reshape(tl.permute(a, (2, 0, 1, 3)), (HP * BLOCK_C, S))
+
     @triton.jit(do_not_specialize=["batch_per_program"])
     def _forward_kernel(
         x_ptr, weight_ptr, y_ptr, w_fwd_ptr, h_fwd_ptr, w_inv_ptr,
@@ -422,31 +493,54 @@ if _TRITON_IMPORT_ERROR is None:
         DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, SCALE: tl.constexpr,
     ):
         c0, group, b_start, b_end, n_channels = _program_block(B, C, BLOCK_C, batch_per_program)
-        N: tl.constexpr = BLOCK_C * (S // 2)  # spectrum columns (c, k)
+        # Two arrangements of the same stages ("Design" above). From the right (16-bit grids
+        # of up to 32 rows, and fp32): each product's result is the next one's left operand,
+        # held in registers, and the data is regrouped between the axes twice per image.
+        # From the left (larger 16-bit grids): the H axis multiplies from the left, which
+        # holds fewer registers there (sm_90a, 56x56 bf16 with 4 warps: 247 against a
+        # spilling 255); fp32 at 56x56 fits only from the right.
+        FROM_RIGHT: tl.constexpr = HP <= 32 or SPLIT
+        N: tl.constexpr = BLOCK_C * (S // 2)  # spectrum (c, k) positions per h
 
         # The DFT matrices and the filter are loaded (and split) once per program and stay
         # on chip for its batch elements. Sources in dft_matrices.py: M1 = Fw^T and M4 = Gw^T
-        # with the half spectrum stacked; the H-axis ones are the (h, h') blocks of the
-        # interleaved real form, symmetric, so they act along h from the left.
+        # with the half spectrum stacked; Re Fh and Im Fh, the (h, h') blocks of the
+        # interleaved real form, are symmetric, so they act along h from either side.
         m1_hi, m1_lo = _load_w_matrix(w_fwd_ptr, WK * W, W, 1, W, WK, WP, S, False,
                                       DOT_DTYPE, SPLIT)
         m4_hi, m4_lo = _load_w_matrix(w_inv_ptr, WK, 1, 2 * WK, W, WK, WP, S, True,
                                       DOT_DTYPE, SPLIT)
         fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo = _load_h_matrices(h_fwd_ptr, H, HP, DOT_DTYPE,
                                                                   SPLIT)
-        k_re, k_im, k_unscale = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
-                                             H, WK, HP, S, BLOCK_C, SCALE)
+        if FROM_RIGHT:
+            k_re, k_im, k_unscale = _load_filter_columns(weight_ptr, c0, n_channels, sk_h,
+                                                         sk_k, sk_c, sk_p, H, WK, HP, S,
+                                                         BLOCK_C, SCALE)
+        else:
+            k_re, k_im, k_unscale = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c,
+                                                 sk_p, H, WK, HP, S, BLOCK_C, SCALE)
 
         for b in range(b_start, b_end):
             x = _load_grid(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
                            H, W, HP, WP, BLOCK_C)
             x, x_unscale = _normalized(x, HP, BLOCK_C, WP, SCALE)
-            s_re, s_im = _spectrum(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo,
-                                   HP, S, BLOCK_C, DOT_DTYPE, SPLIT)
-            g = _stacked(s_re * k_re - s_im * k_im, s_re * k_im + s_im * k_re, HP, 2 * N)
-            z_re, z_im = _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, g, HP, N, True,
-                                       DOT_DTYPE, SPLIT)
-            z = _stacked(z_re, z_im, HP * BLOCK_C, S)
+            if FROM_RIGHT:  # rows (c, k), columns h between the H stages
+                x_hi, x_lo = _split(x, DOT_DTYPE, SPLIT)
+                a_re, a_im = _rows_to_columns(_mm(x_hi, x_lo, m1_hi, m1_lo, SPLIT),
+                                              HP, BLOCK_C, S)
+                s_re, s_im = _complex_right(a_re, a_im, fh_re_hi, fh_re_lo, fh_im_hi,
+                                            fh_im_lo, False, DOT_DTYPE, SPLIT)
+                z_re, z_im = _complex_right(s_re * k_re - s_im * k_im,
+                                            s_re * k_im + s_im * k_re, fh_re_hi, fh_re_lo,
+                                            fh_im_hi, fh_im_lo, True, DOT_DTYPE, SPLIT)
+                z = _columns_to_rows(z_re, z_im, HP, BLOCK_C, S)
+            else:  # rows h, columns (c, k) between the H stages
+                s_re, s_im = _spectrum(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi,
+                                       fh_im_lo, HP, S, BLOCK_C, DOT_DTYPE, SPLIT)
+                g = _stacked(s_re * k_re - s_im * k_im, s_re * k_im + s_im * k_re, HP, 2 * N)
+                z_re, z_im = _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, g, HP, N,
+                                           True, DOT_DTYPE, SPLIT)
+                z = _stacked(z_re, z_im, HP * BLOCK_C, S)
             z_hi, z_lo = _split(z, DOT_DTYPE, SPLIT)
             y = _mm(z_hi, z_lo, m4_hi, m4_lo, SPLIT)
             y = _restored(y, x_unscale * k_unscale, HP, BLOCK_C, WP, SCALE)
@@ -463,10 +557,17 @@ if _TRITON_IMPORT_ERROR is None:
         DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, SCALE: tl.constexpr,
     ):
         c0, group, b_start, b_end, n_channels = _program_block(B, C, BLOCK_C, batch_per_program)
+        # The forward kernel's two arrangements. From the right only for 16-bit grids of up
+        # to 16 rows: by the model (sm_90a, batch 128) 14x14x384 bf16 30.6 against 31.6 us,
+        # fp16 33.5 against 40.8, while fp32 at 14x14 (79.7 against 61.7 us) and 28x28 in
+        # every dtype (spilling configs) are slower from the right, the backward holding
+        # twice the forward's spectra.
+        FROM_RIGHT: tl.constexpr = HP <= 16 and not SPLIT
         N: tl.constexpr = BLOCK_C * (S // 2)
 
         # Adjoints: of "@ M1" is "@ M1^T", of "@ M4" is "@ M4^T"; of "conj(Fh) @" is "Fh @"
-        # and of "Fh @" is "conj(Fh) @" (symmetric matrices, conjugate transposes).
+        # and of "Fh @" is "conj(Fh) @" (symmetric matrices, conjugate transposes), and the
+        # same from the right.
         m1_hi, m1_lo = _load_w_matrix(w_fwd_ptr, WK * W, W, 1, W, WK, WP, S, False,
                                       DOT_DTYPE, SPLIT)
         m1t_hi, m1t_lo = _load_w_matrix(w_fwd_ptr, WK * W, W, 1, W, WK, WP, S, True,
@@ -475,11 +576,18 @@ if _TRITON_IMPORT_ERROR is None:
                                         DOT_DTYPE, SPLIT)
         fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo = _load_h_matrices(h_fwd_ptr, H, HP, DOT_DTYPE,
                                                                   SPLIT)
-        k_re, k_im, k_unscale = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
-                                             H, WK, HP, S, BLOCK_C, SCALE)
+        if FROM_RIGHT:  # spectra as (BLOCK_C * S // 2, HP): rows (c, k), columns h
+            k_re, k_im, k_unscale = _load_filter_columns(weight_ptr, c0, n_channels, sk_h,
+                                                         sk_k, sk_c, sk_p, H, WK, HP, S,
+                                                         BLOCK_C, SCALE)
+            dk_re = tl.zeros((N, HP), dtype=tl.float32)
+            dk_im = tl.zeros((N, HP), dtype=tl.float32)
+        else:  # spectra as (HP, BLOCK_C * S // 2): rows h, columns (c, k)
+            k_re, k_im, k_unscale = _load_filter(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c,
+                                                 sk_p, H, WK, HP, S, BLOCK_C, SCALE)
+            dk_re = tl.zeros((HP, N), dtype=tl.float32)
+            dk_im = tl.zeros((HP, N), dtype=tl.float32)
 
-        dk_re = tl.zeros((HP, N), dtype=tl.float32)
-        dk_im = tl.zeros((HP, N), dtype=tl.float32)
         for b in range(b_start, b_end):  # fixed order, so dK partials are reproducible
             x = _load_grid(x_ptr, b * sx_b + c0 * sx_c, n_channels, sx_h, sx_w, sx_c,
                            H, W, HP, WP, BLOCK_C)
@@ -487,25 +595,49 @@ if _TRITON_IMPORT_ERROR is None:
                             H, W, HP, WP, BLOCK_C)
             x, x_unscale = _normalized(x, HP, BLOCK_C, WP, SCALE)
             dy, dy_unscale = _normalized(dy, HP, BLOCK_C, WP, SCALE)
-            s_re, s_im = _spectrum(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo,
-                                   HP, S, BLOCK_C, DOT_DTYPE, SPLIT)
-
-            # D, the gradient reaching the gated spectrum: adjoints of the two inverses.
             dy_hi, dy_lo = _split(dy, DOT_DTYPE, SPLIT)
-            dz = tl.reshape(_mm(dy_hi, dy_lo, m4t_hi, m4t_lo, SPLIT), (HP, 2 * N))
-            d_re, d_im = _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, dz, HP, N, False,
-                                       DOT_DTYPE, SPLIT)
+            # X, and D, the gradient reaching the gated spectrum (adjoints of the inverses)
+            if FROM_RIGHT:
+                x_hi, x_lo = _split(x, DOT_DTYPE, SPLIT)
+                a_re, a_im = _rows_to_columns(_mm(x_hi, x_lo, m1_hi, m1_lo, SPLIT),
+                                              HP, BLOCK_C, S)
+                s_re, s_im = _complex_right(a_re, a_im, fh_re_hi, fh_re_lo, fh_im_hi,
+                                            fh_im_lo, False, DOT_DTYPE, SPLIT)
+                dz_re, dz_im = _rows_to_columns(_mm(dy_hi, dy_lo, m4t_hi, m4t_lo, SPLIT),
+                                                HP, BLOCK_C, S)
+                d_re, d_im = _complex_right(dz_re, dz_im, fh_re_hi, fh_re_lo, fh_im_hi,
+                                            fh_im_lo, False, DOT_DTYPE, SPLIT)
+            else:
+                s_re, s_im = _spectrum(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi,
+                                       fh_im_lo, HP, S, BLOCK_C, DOT_DTYPE, SPLIT)
+                dz = tl.reshape(_mm(dy_hi, dy_lo, m4t_hi, m4t_lo, SPLIT), (HP, 2 * N))
+                d_re, d_im = _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, dz, HP, N,
+                                           False, DOT_DTYPE, SPLIT)
 
+            # dK += conj(X) D, the scaling undone per channel (channels are the middle axis
+            # of (1, BLOCK_C, S // 2 * HP) and of (HP, BLOCK_C, S // 2) alike).
+            unscale = x_unscale * dy_unscale
             pk_re = s_re * d_re + s_im * d_im
             pk_im = s_re * d_im - s_im * d_re
-            dk_re += _restored(pk_re, x_unscale * dy_unscale, HP, BLOCK_C, S // 2, SCALE)
-            dk_im += _restored(pk_im, x_unscale * dy_unscale, HP, BLOCK_C, S // 2, SCALE)
+            if FROM_RIGHT:
+                dk_re += _restored(pk_re, unscale, 1, BLOCK_C, (S // 2) * HP, SCALE)
+                dk_im += _restored(pk_im, unscale, 1, BLOCK_C, (S // 2) * HP, SCALE)
+            else:
+                dk_re += _restored(pk_re, unscale, HP, BLOCK_C, S // 2, SCALE)
+                dk_im += _restored(pk_im, unscale, HP, BLOCK_C, S // 2, SCALE)
 
             # D * conj(K), then the adjoints of the H and W forward transforms.
-            ds = _stacked(d_re * k_re + d_im * k_im, d_im * k_re - d_re * k_im, HP, 2 * N)
-            da_re, da_im = _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, ds, HP, N,
-                                         True, DOT_DTYPE, SPLIT)
-            da = _stacked(da_re, da_im, HP * BLOCK_C, S)
+            g_re = d_re * k_re + d_im * k_im
+            g_im = d_im * k_re - d_re * k_im
+            if FROM_RIGHT:
+                da_re, da_im = _complex_right(g_re, g_im, fh_re_hi, fh_re_lo, fh_im_hi,
+                                              fh_im_lo, True, DOT_DTYPE, SPLIT)
+                da = _columns_to_rows(da_re, da_im, HP, BLOCK_C, S)
+            else:
+                da_re, da_im = _complex_left(fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo,
+                                             _stacked(g_re, g_im, HP, 2 * N), HP, N, True,
+                                             DOT_DTYPE, SPLIT)
+                da = _stacked(da_re, da_im, HP * BLOCK_C, S)
             da_hi, da_lo = _split(da, DOT_DTYPE, SPLIT)
             dx = _mm(da_hi, da_lo, m1t_hi, m1t_lo, SPLIT)
             dx = _restored(dx, dy_unscale * k_unscale, HP, BLOCK_C, WP, SCALE)
@@ -513,11 +645,21 @@ if _TRITON_IMPORT_ERROR is None:
                         H, W, HP, WP, BLOCK_C)
 
         # This group's partial slot in the (groups, H, WK, C, 2) buffer.
-        hh, cc, kk, mask = _spectrum_offsets(n_channels, H, WK, HP, S, BLOCK_C)
-        p_ptr = (grad_k_partial_ptr + group * (H * WK * C * 2) + c0 * 2
-                 + hh * (WK * C * 2) + kk * (C * 2) + cc * 2)
-        tl.store(p_ptr, tl.reshape(dk_re, (HP, BLOCK_C, S // 2)), mask=mask)
-        tl.store(p_ptr + 1, tl.reshape(dk_im, (HP, BLOCK_C, S // 2)), mask=mask)
+        p_ptr = grad_k_partial_ptr + group * (H * WK * C * 2) + c0 * 2
+        if FROM_RIGHT:
+            rows = tl.arange(0, N)[:, None]
+            hh = tl.arange(0, HP)[None, :]
+            cc = rows // (S // 2)
+            kk = rows % (S // 2)
+            mask = (cc < n_channels) & (kk < WK) & (hh < H)
+            p_ptr += hh * (WK * C * 2) + kk * (C * 2) + cc * 2
+            tl.store(p_ptr, dk_re, mask=mask)
+            tl.store(p_ptr + 1, dk_im, mask=mask)
+        else:
+            hh, cc, kk, mask = _spectrum_offsets(n_channels, H, WK, HP, S, BLOCK_C)
+            p_ptr += hh * (WK * C * 2) + kk * (C * 2) + cc * 2
+            tl.store(p_ptr, tl.reshape(dk_re, (HP, BLOCK_C, S // 2)), mask=mask)
+            tl.store(p_ptr + 1, tl.reshape(dk_im, (HP, BLOCK_C, S // 2)), mask=mask)
 
     @triton.jit
     def _dense_offsets(n_channels, H: tl.constexpr, W: tl.constexpr, HW: tl.constexpr,

@@ -68,6 +68,15 @@ def test_matches_float64_oracle(grid, c, dtype):
     check_against_oracle(x, weight, grad, seed)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_forward_arrangements_past_32_rows(dtype):
+    """Grids of more than 32 rows take the H axis from the left in 16-bit and every product
+    from the right in fp32 (the forward kernel's two arrangements; the small grids above
+    exercise only the second)."""
+    x, weight, grad, seed = make_inputs((2, 40, 9, 5), dtype)
+    check_against_oracle(x, weight, grad, seed)
+
+
 @pytest.mark.parametrize("per_program", triton_backend.BATCH_PER_PROGRAM_CHOICES)
 def test_batch_split_across_programs_and_strided_inputs(monkeypatch, per_program):
     """B not a multiple of the batch group, for every batch-per-program choice the autotuner
