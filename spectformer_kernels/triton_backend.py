@@ -131,9 +131,18 @@ DENSE_MAX = 64  # largest padded H*W (and 2*H*Wk) of the dense-map kernels
 # partials to sum; fewer leave more programs to fill the GPU. The model's best value ranges
 # over all three (benchmarks/results/gpu_model_sm_90a.csv, the ``config`` column).
 BATCH_PER_PROGRAM_CHOICES = (8, 16, 32)
+
 BATCH_PER_PROGRAM = 8  # the interpreter's value (the autotuner needs a GPU)
 MIN_DOT = 16  # smallest matrix side a tl.dot operand may have on every GPU target
 TILE_ELEMENTS = 4096  # BLOCK_C * H_pad * W_pad budget for the heuristic (interpreter) config
+
+# Software-pipelining depth of the batch loop: the next image's loads are issued while the
+# current one is transformed (2: one image ahead). Triton's default, 3, holds a second
+# prefetched tile: by the model (sm_90a) 14x14x384 bf16 forward with 16 channels and 4
+# warps takes 151 registers with 3 and 127 with 2, which lets 4 blocks share an SM instead
+# of 3 (17.3 -> 16.6 us predicted); the model does not credit the deeper prefetch, so a GPU
+# run must confirm that 2 loses nothing where latency matters.
+NUM_STAGES = 2
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -813,13 +822,15 @@ if _TRITON_IMPORT_ERROR is None:
         return _prune("backward", configs, named_args, **kwargs)
 
     _AUTOTUNE_CONFIGS = [
-        triton.Config({"BLOCK_C": bc, "batch_per_program": bpp}, num_warps=nw)
+        triton.Config({"BLOCK_C": bc, "batch_per_program": bpp}, num_warps=nw,
+                      num_stages=NUM_STAGES)
         for bc in (1, 2, 4, 8, 16, 32) for nw in (2, 4, 8) for bpp in BATCH_PER_PROGRAM_CHOICES
     ]
     # The dense-map kernels have channels as the rows of every product: blocks of 64 and
     # more fill a warpgroup MMA.
     _DENSE_CONFIGS = [
-        triton.Config({"BLOCK_C": bc, "batch_per_program": bpp}, num_warps=nw)
+        triton.Config({"BLOCK_C": bc, "batch_per_program": bpp}, num_warps=nw,
+                      num_stages=NUM_STAGES)
         for bc in (16, 32, 64, 128) for nw in (2, 4, 8) for bpp in BATCH_PER_PROGRAM_CHOICES
     ]
 

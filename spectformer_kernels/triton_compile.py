@@ -94,7 +94,7 @@ def launch_arguments(kernel: str, dtype: str, batch: int, h: int, w: int, c: int
 
 
 def compile_config(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
-                   block_c: int, num_warps: int, num_stages: int = 3):
+                   block_c: int, num_warps: int, num_stages: int = tb.NUM_STAGES):
     """Compile one autotune config for sm_90a exactly as the launcher would specialize it.
     Returns Triton's CompiledKernel (``asm["cubin"]``, ``metadata.shared``, ...)."""
     import triton
