@@ -76,10 +76,12 @@ CPU_CHUNK_BYTES = 4 << 20
 # The CPU path keeps its intermediates in a per-thread workspace of three buffers, kept
 # between calls while they total at most this many bytes (larger needs get buffers for the
 # call, still reused across its chunks). Measured on the 2-core development VM (2 threads,
-# batch 16, fp32, interleaved with a fresh allocation per stage): 5-8% faster, e.g. 5.53 /
-# 5.83 ms forward and 14.5 / 15.3 ms forward+backward at 14x14x384, 4.96 / 5.34 ms
-# forward+backward at 7x7x768, 16.1 / 17.1 ms forward at 56x56x64; the page faults per
-# forward at 14x14x384 fell from about 390 to 290 (the output is still fresh memory).
+# batch 16, interleaved with a fresh allocation per stage, ms with / without): forward
+# 5.68 / 6.02 at 14x14x384 fp32, 3.18 / 3.57 in bf16 (the conversions land in the
+# workspace too), 16.1 / 17.1 at 56x56x64 fp32; forward+backward 4.96 / 5.34 at 7x7x768,
+# but no faster in some runs (14x14x384 fp32 16.70 / 16.68, 56x56x96 fp32 forward 25.9 / 25.5).
+# The page faults per forward at 14x14x384 fell from about 390 to 290 (the output is still
+# fresh memory).
 WORKSPACE_MAX_BYTES = 32 << 20
 _WORKSPACE_BUFFERS = 3  # the backward's peak: the spectra of dy and x, and one stage output
 
