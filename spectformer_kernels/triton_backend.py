@@ -454,8 +454,9 @@ if _TRITON_IMPORT_ERROR is None:
     def _load_filter_columns(weight_ptr, c0, n_channels, sk_h, sk_k, sk_c, sk_p,
                              H: tl.constexpr, WK: tl.constexpr, HP: tl.constexpr,
                              S: tl.constexpr, BLOCK_C: tl.constexpr, SCALE: tl.constexpr):
-        """K's parts as (BLOCK_C * S // 2, HP) fp32 tiles, rows (c, k), columns h; scaled per
-        channel like ``_normalized_filter``, with the (1, BLOCK_C, 1) factor undoing it."""
+        """K's parts as (BLOCK_C * S // 2, HP) fp32 tiles, rows (c, k), columns h,
+        ``_normalized_filter`` per channel (the middle axis of (1, BLOCK_C, S // 2 * HP)), and
+        the factor that undoes it."""
         rows = tl.arange(0, BLOCK_C * (S // 2))[:, None]
         hh = tl.arange(0, HP)[None, :]
         cc = rows // (S // 2)
@@ -464,17 +465,7 @@ if _TRITON_IMPORT_ERROR is None:
         k_ptr = weight_ptr + (c0 + cc) * sk_c + kk * sk_k + hh * sk_h
         k_re = tl.load(k_ptr, mask=mask, other=0.0).to(tl.float32)
         k_im = tl.load(k_ptr + sk_p, mask=mask, other=0.0).to(tl.float32)
-        if SCALE:
-            m = tl.max(tl.reshape(tl.maximum(tl.abs(k_re), tl.abs(k_im)),
-                                  (BLOCK_C, (S // 2) * HP)), axis=1)
-            scale, inverse = _power_of_two_scale(m)
-            k_re = tl.reshape(tl.reshape(k_re, (BLOCK_C, (S // 2) * HP)) * scale[:, None],
-                              k_re.shape)
-            k_im = tl.reshape(tl.reshape(k_im, (BLOCK_C, (S // 2) * HP)) * scale[:, None],
-                              k_im.shape)
-        else:
-            inverse = tl.full((BLOCK_C,), 1.0, tl.float32)
-        return k_re, k_im, inverse[None, :, None]
+        return _normalized_filter(k_re, k_im, 1, BLOCK_C, (S // 2) * HP, SCALE)
 
     @triton.jit
     def _rows_to_columns(a, HP: tl.constexpr, BLOCK_C: tl.constexpr, S: tl.constexpr):
@@ -485,6 +476,17 @@ if _TRITON_IMPORT_ERROR is None:
         re, im = tl.split(a)
         return (tl.reshape(re, (BLOCK_C * (S // 2), HP)),
                 tl.reshape(im, (BLOCK_C * (S // 2), HP)))
+
+    @triton.jit
+    def _spectrum_columns(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo,
+                          HP: tl.constexpr, S: tl.constexpr, BLOCK_C: tl.constexpr,
+                          DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
+        """``_spectrum`` with the H axis from the right: re, im as (BLOCK_C * S // 2, HP)
+        tiles, rows (c, k), columns h."""
+        x_hi, x_lo = _split(x, DOT_DTYPE, SPLIT)
+        a_re, a_im = _rows_to_columns(_mm(x_hi, x_lo, m1_hi, m1_lo, SPLIT), HP, BLOCK_C, S)
+        return _complex_right(a_re, a_im, fh_re_hi, fh_re_lo, fh_im_hi, fh_im_lo, False,
+                              DOT_DTYPE, SPLIT)
 
     @triton.jit
     def _columns_to_rows(re, im, HP: tl.constexpr, BLOCK_C: tl.constexpr, S: tl.constexpr):
@@ -534,11 +536,8 @@ if _TRITON_IMPORT_ERROR is None:
                            H, W, HP, WP, BLOCK_C)
             x, x_unscale = _normalized(x, HP, BLOCK_C, WP, SCALE)
             if FROM_RIGHT:  # rows (c, k), columns h between the H stages
-                x_hi, x_lo = _split(x, DOT_DTYPE, SPLIT)
-                a_re, a_im = _rows_to_columns(_mm(x_hi, x_lo, m1_hi, m1_lo, SPLIT),
-                                              HP, BLOCK_C, S)
-                s_re, s_im = _complex_right(a_re, a_im, fh_re_hi, fh_re_lo, fh_im_hi,
-                                            fh_im_lo, False, DOT_DTYPE, SPLIT)
+                s_re, s_im = _spectrum_columns(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi,
+                                               fh_im_lo, HP, S, BLOCK_C, DOT_DTYPE, SPLIT)
                 z_re, z_im = _complex_right(s_re * k_re - s_im * k_im,
                                             s_re * k_im + s_im * k_re, fh_re_hi, fh_re_lo,
                                             fh_im_hi, fh_im_lo, True, DOT_DTYPE, SPLIT)
@@ -607,11 +606,8 @@ if _TRITON_IMPORT_ERROR is None:
             dy_hi, dy_lo = _split(dy, DOT_DTYPE, SPLIT)
             # X, and D, the gradient reaching the gated spectrum (adjoints of the inverses)
             if FROM_RIGHT:
-                x_hi, x_lo = _split(x, DOT_DTYPE, SPLIT)
-                a_re, a_im = _rows_to_columns(_mm(x_hi, x_lo, m1_hi, m1_lo, SPLIT),
-                                              HP, BLOCK_C, S)
-                s_re, s_im = _complex_right(a_re, a_im, fh_re_hi, fh_re_lo, fh_im_hi,
-                                            fh_im_lo, False, DOT_DTYPE, SPLIT)
+                s_re, s_im = _spectrum_columns(x, m1_hi, m1_lo, fh_re_hi, fh_re_lo, fh_im_hi,
+                                               fh_im_lo, HP, S, BLOCK_C, DOT_DTYPE, SPLIT)
                 dz_re, dz_im = _rows_to_columns(_mm(dy_hi, dy_lo, m4t_hi, m4t_lo, SPLIT),
                                                 HP, BLOCK_C, S)
                 d_re, d_im = _complex_right(dz_re, dz_im, fh_re_hi, fh_re_lo, fh_im_hi,
