@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import signal
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -133,11 +135,29 @@ def append_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
 
 
 def run(args, benchmark, print_table, stem: str, fields: list[str], plot) -> list[dict]:
-    """A benchmark's main: measure, print the markdown table, save the rows (and plot)."""
-    rows = benchmark(args)
-    print_table(rows)
-    save_results(rows, args, stem, fields, plot)
+    """A benchmark's main: measure, print the markdown table, save the rows (and plot).
+    ``benchmark(args, rows)`` appends each row as it is measured, so that an interrupted run
+    (Ctrl-C, or SIGTERM from a time limit) still prints and saves what it measured."""
+    rows: list[dict] = []
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = False
+    try:
+        benchmark(args, rows)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"interrupted: keeping the {len(rows)} rows measured so far", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if rows:
+        print_table(rows)
+        save_results(rows, args, stem, fields, plot)
+    if interrupted:
+        sys.exit(130)
     return rows
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def save_results(rows: list[dict], args, stem: str, fields: list[str], plot) -> None:

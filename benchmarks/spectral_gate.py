@@ -130,7 +130,8 @@ def make_case(backend: str, x: torch.Tensor, weight: torch.Tensor, grad: torch.T
     return run
 
 
-def benchmark(args) -> list[dict]:
+def benchmark(args, rows: list[dict]) -> None:
+    """Appends one row per (case, backend) to ``rows`` as each case finishes."""
     device = torch.device(args.device)
     env = environment(device)
     backends = args.backends or [b for b in sk.available_backends() if b != "auto"]
@@ -150,7 +151,6 @@ def benchmark(args) -> list[dict]:
         cases = tqdm(cases, desc="cases", file=sys.stderr, leave=False)
     except ImportError:
         pass
-    rows = []
     for shape_name, dtype_name, mode in cases:
         h, w, c = SHAPES[shape_name]
         gen = torch.Generator().manual_seed(0)
@@ -193,7 +193,6 @@ def benchmark(args) -> list[dict]:
                           f"interleaved, {len(times)} rounds",
                 "config": configs.get(backend, ""),
             })
-    return rows
 
 
 def print_table(rows: list[dict]) -> None:

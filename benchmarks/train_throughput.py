@@ -103,36 +103,39 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def benchmark(args) -> list[dict]:
+def benchmark(args, rows: list[dict]) -> None:
+    """Appends one row per (model, backend) to ``rows``; the speed-ups are filled in even
+    when the run is interrupted."""
     device = torch.device(args.device)
     env = environment(device)
     note = ("CPU run: a small case, not representative of GPU training"
             if device.type == "cpu" else "")
     if note:
         print(note)
-    rows = []
-    for model_name in args.models:
-        for backend in args.backends:
-            row = {**env, "note": note, "model": model_name, "batch": args.batch_size,
-                   "amp": args.amp, "backend": backend, "compile": args.compile,
-                   "channels_last": args.channels_last, "warmup_steps": args.warmup,
-                   "timed_steps": args.steps}
-            print(f"{model_name} / {backend}: {args.warmup} warm-up + {args.steps} timed steps",
-                  flush=True)
-            try:
-                row.update(measure(model_name, backend, args, device), status="ok")
-            except torch.OutOfMemoryError:
-                row["status"] = "out of memory"
-            except (RuntimeError, ValueError) as exc:  # e.g. a backend that rejects a shape
-                row["status"] = f"error: {str(exc).splitlines()[0][:200]}"
-            release(device)
-            rows.append(row)
-    for row in rows:
-        ref = [r for r in rows if r["model"] == row["model"] and r["backend"] == "reference"
-               and r["status"] == "ok"]
-        row["speedup_vs_reference"] = (round(ref[0]["step_ms_median"] / row["step_ms_median"], 3)
-                                       if ref and row["status"] == "ok" else "")
-    return rows
+    try:
+        for model_name in args.models:
+            for backend in args.backends:
+                row = {**env, "note": note, "model": model_name, "batch": args.batch_size,
+                       "amp": args.amp, "backend": backend, "compile": args.compile,
+                       "channels_last": args.channels_last, "warmup_steps": args.warmup,
+                       "timed_steps": args.steps}
+                print(f"{model_name} / {backend}: {args.warmup} warm-up + {args.steps} timed "
+                      "steps", flush=True)
+                try:
+                    row.update(measure(model_name, backend, args, device), status="ok")
+                except torch.OutOfMemoryError:
+                    row["status"] = "out of memory"
+                except (RuntimeError, ValueError) as exc:  # e.g. a backend that rejects a shape
+                    row["status"] = f"error: {str(exc).splitlines()[0][:200]}"
+                release(device)
+                rows.append(row)
+    finally:
+        for row in rows:
+            ref = [r for r in rows if r["model"] == row["model"] and r["backend"] == "reference"
+                   and r["status"] == "ok"]
+            row["speedup_vs_reference"] = (
+                round(ref[0]["step_ms_median"] / row["step_ms_median"], 3)
+                if ref and row["status"] == "ok" else "")
 
 
 def print_table(rows: list[dict]) -> None:
