@@ -35,15 +35,6 @@ DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 GIB_PER_COMPILE_JOB = 3  # peak resident memory of one nvcc/cicc job on these sources, rounded up
 
 
-# torch's extension tooling passes -D__CUDA_NO_HALF_OPERATORS__ and its siblings to nvcc,
-# which remove the __half/__nv_bfloat16 operators that cuFFTDx's complex types use (the first
-# H100 build failed on them); undefining them after torch's flags restores the CUDA defaults.
-TORCH_HALF_UNDEFINES = [
-    "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
-    "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__",
-]
-
-
 def _log(message: str) -> None:
     print(f"spectformer setup: {message}", file=sys.stderr)
 
@@ -159,7 +150,7 @@ def _cuda_extension():
                       *map(str, cufftdx_includes)],
         extra_compile_args={
             "cxx": ["-O3", "-std=c++17", *cb_flags],
-            "nvcc": ["-O3", "-std=c++17", "-lineinfo", *TORCH_HALF_UNDEFINES, *cb_flags,
+            "nvcc": ["-O3", "-std=c++17", "-lineinfo", *paths.HALF_UNDEFINES, *cb_flags,
                      *cufftdx_flags],
         },
         extra_link_args=link_args + cb_link,

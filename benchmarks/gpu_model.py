@@ -329,7 +329,8 @@ def _triton_launch(kernel: str, dtype: str, batch: int, h: int, w: int, c: int,
 # ---- CUDA extension ------------------------------------------------------------------------
 
 NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo"]  # setup.py's nvcc flags (line info only adds
-# debug sections; it does not change the code)
+# debug sections; it does not change the code), after torch's defines and the project's
+# undefines of them (``csrc/cufft_paths.py``)
 
 
 def _csrc_paths():
@@ -355,7 +356,9 @@ def compile_cuda(source: str, arch: str, includes: list, defines: tuple = ()) ->
         raise FileNotFoundError("nvcc not found (install a CUDA toolkit or set CUDA_HOME)")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "kernels.cubin"
-        cmd = [nvcc, f"-arch={arch}", "-cubin", *NVCC_FLAGS, "-I", str(CSRC),
+        paths = _csrc_paths()
+        cmd = [nvcc, f"-arch={arch}", "-cubin", *paths.TORCH_NVCC_DEFINES,
+               "--expt-relaxed-constexpr", *NVCC_FLAGS, *paths.HALF_UNDEFINES, "-I", str(CSRC),
                *[f"-I{i}" for i in includes], *[f"-D{d}" for d in defines],
                str(CSRC / source), "-o", str(out)]
         subprocess.run(cmd, check=True, capture_output=True, text=True)

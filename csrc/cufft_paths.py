@@ -15,6 +15,17 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 
+# torch's extension tooling passes these to nvcc ahead of the project's own flags; they
+# remove the __half / __nv_bfloat16 operators that cuFFTDx's complex types use (the first
+# H100 build failed on them). The project undefines them again after torch's flags, and the
+# static GPU model compiles with both, so that it compiles exactly what setup.py builds.
+TORCH_NVCC_DEFINES = [
+    "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+]
+HALF_UNDEFINES = ["-U" + flag[2:] for flag in TORCH_NVCC_DEFINES]
+
+
 def find_nvcc() -> Optional[str]:
     """``nvcc`` on the PATH, else under ``$CUDA_HOME``, ``$CUDA_PATH`` or ``/usr/local/cuda``."""
     import shutil

@@ -51,10 +51,18 @@ def _require_nvcc() -> str:
     return nvcc
 
 
+def _torch_build_flags() -> list:
+    """The flags torch's extension tooling adds (its half-operator defines) and the project's
+    undefines after them: the sources must compile as the extension build sees them."""
+    paths = _cufft_paths()
+    return [*paths.TORCH_NVCC_DEFINES, "--expt-relaxed-constexpr", *paths.HALF_UNDEFINES]
+
+
 def _compile_for_sm90(nvcc: str, *arguments: str) -> None:
     """Compile as the per-file checks do (sm_90, every warning an error); fail with nvcc's
     output."""
-    command = [nvcc, "-arch=sm_90", "-std=c++17", "-O1", "-Werror", "all-warnings", *arguments]
+    command = [nvcc, "-arch=sm_90", "-std=c++17", "-O1", "-Werror", "all-warnings",
+               *_torch_build_flags(), *arguments]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"nvcc failed:\n{result.stdout}{result.stderr}"
 
@@ -113,7 +121,8 @@ def test_cuda_source_compiles_for_sm90(source, tmp_path):
 # on one core): no kernel may spill.
 def _ptxas_report(nvcc, tmp_path):
     includes = _cufft_paths().find_cufftdx()
-    command = [nvcc, "-arch=sm_90a", "-std=c++17", "-O3", "-Xptxas", "-v", "-I", str(CSRC),
+    command = [nvcc, "-arch=sm_90a", "-std=c++17", "-O3", *_torch_build_flags(), "-Xptxas", "-v",
+               "-I", str(CSRC),
                *(arg for folder in includes for arg in ("-isystem", str(folder))),
                "-c", str(CSRC / "cufftdx_gate.cu"), "-o", str(tmp_path / "cufftdx_gate.o")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
