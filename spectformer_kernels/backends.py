@@ -106,21 +106,33 @@ def _usable(name: str, x: torch.Tensor, weight: torch.Tensor) -> Reason:
 # ratios), but not in every run on a noisy machine (56x56x96: 0.6-1.0x late in full runs,
 # 1.2-2.1x alone; README, "CPU results"). Above 64x64 nothing was measured and its
 # O(H + W) work per element will lose to the FFT's O(log HW) somewhere: ``reference`` there.
-# CUDA: no GPU has measured these kernels yet, so the order comes from the static model
-# (``python -m benchmarks.gpu_model``, H100 SXM), which regenerates ``cuda_auto_table``: per
-# shape and dtype the backends by predicted forward+backward time, never one predicted
-# slower than ``reference``. Once ``benchmarks/gpu_session.sh`` has measured a shape, the
-# measured order replaces the model's there: write it into the same table (the measured
-# CSV sits next to the model's), and the model's row for that shape stops mattering.
+# CUDA: the order comes from the static model (``python -m benchmarks.gpu_model``, H100
+# SXM), which regenerates ``cuda_auto_table``: per shape and dtype the backends by predicted
+# forward+backward time, never one predicted slower than ``reference``. Where an H100
+# measured a different order, ``CUDA_MEASURED`` below overrides the model's entry for that
+# exact shape (the model table stays generated).
 DFT_MAX_TOKENS_CPU = 64 * 64
+
+# Measured on an H100 (README, "GPU results"; benchmarks/results/spectral_gate_gpu.csv and
+# kernel_profile_gpu.txt), fp32 at 14x14: cuFFTDx beats Triton both per call (forward+backward
+# 479 against 887 us at 14x14x384, 405 against 906 us at 14x14x256) and in device time
+# (153 against 260 us at 14x14x384, the one profiled), where the model predicted Triton first.
+CUDA_MEASURED: dict = {
+    (14, 14, 256, "fp32"): ("cuda_cufftdx", "triton", "cuda_cufft", "reference"),
+    (14, 14, 384, "fp32"): ("cuda_cufftdx", "triton", "cuda_cufft", "reference"),
+}
 
 
 def cuda_candidates(h: int, w: int, c: int, dtype: torch.dtype) -> tuple:
-    """The CUDA order from ``cuda_auto_table`` for this shape; a shape it lacks takes the
-    entry of the nearest grid (same dtype, closest H*W, then closest C)."""
+    """The measured CUDA order for this shape (``CUDA_MEASURED``), else the order from
+    ``cuda_auto_table``; a shape the model's table lacks takes the entry of the nearest grid
+    (same dtype, closest H*W, then closest C)."""
     from .cuda_auto_table import CHOICE
 
     name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
+    measured = CUDA_MEASURED.get((h, w, c, name))
+    if measured is not None:
+        return measured
     entries = [(key, order) for key, order in CHOICE.items() if key[3] == name]
     if not entries:
         return ("reference",)

@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 import torch
@@ -17,3 +18,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_runtest_logreport(report):
+    """With SPECTFORMER_STREAM_FAILURES=1, print each failure's traceback the moment it
+    happens. A GPU session runs the tests under a hard time limit; pytest prints failures
+    only at the end, so a run cut short would otherwise show a bare ``F``."""
+    if report.failed and os.environ.get("SPECTFORMER_STREAM_FAILURES") == "1":
+        print(f"\n=== FAILED {report.nodeid} ({report.when})\n{report.longreprtext}\n",
+              file=sys.stderr, flush=True)

@@ -233,16 +233,23 @@ class _CudaLike:
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def test_auto_on_cuda_follows_the_model_table():
-    from spectformer_kernels.backends import auto_candidates
+def test_auto_on_cuda_follows_the_measured_order_then_the_model_table():
+    from spectformer_kernels.backends import CUDA_MEASURED, auto_candidates
     from spectformer_kernels.cuda_auto_table import CHOICE
 
     assert CHOICE, "the model has not generated the table"
-    for (h, w, c, dtype), order in CHOICE.items():
+    for (h, w, c, dtype), order in {**CHOICE, **CUDA_MEASURED}.items():
         x = _CudaLike((2, h, w, c), _DTYPES[dtype])
         candidates = auto_candidates(x, None)
         assert candidates[:len(order)] == order
         assert candidates[-1] == "reference"
+    # The override is exact-shape: a 14x14 fp32 shape it does not list keeps the model's
+    # order, and another dtype at a listed shape too.
+    assert auto_candidates(_CudaLike((2, 14, 14, 512), torch.float32), None) \
+        == CHOICE[(14, 14, 512, "fp32")]
+    assert auto_candidates(_CudaLike((2, 14, 14, 384), torch.bfloat16), None) \
+        == CHOICE[(14, 14, 384, "bf16")]
+    assert auto_candidates(_CudaLike((2, 14, 14, 384), torch.float32), None)[0] == "cuda_cufftdx"
 
 
 def test_model_table_matches_the_committed_csv():
