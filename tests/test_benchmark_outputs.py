@@ -106,3 +106,26 @@ def test_model_vs_measured_joins_times_and_triton_configs(tmp_path):
     assert rows[1]["measured_config"] == "A | B"
     assert rows[1]["model_config"] == f"{fwd['config']} | {bwd['config']}"
     assert "batch/program=" in fwd["config"]
+
+
+def test_interrupted_run_saves_the_cases_it_finished(tmp_path, monkeypatch):
+    """A time limit (SIGINT/SIGTERM) in the second case keeps the first case's rows: they are
+    printed, saved, and the run exits with 130."""
+    real_interleaved = spectral_gate.time_cpu_interleaved
+    calls = []
+
+    def interrupted_second_time(runs, min_seconds):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_interleaved(runs, min_seconds)
+
+    monkeypatch.setattr(spectral_gate, "time_cpu_interleaved", interrupted_second_time)
+    quick_two_shapes = [a if a != "7x7x768" else "7x7x768,14x14x256" for a in QUICK]
+    with pytest.raises(SystemExit) as exit_info:
+        spectral_gate.main([*quick_two_shapes, "--out", str(tmp_path)])
+    assert exit_info.value.code == 130
+    with (tmp_path / "spectral_gate_cpu.csv").open() as f:
+        saved = list(csv.DictReader(f))
+    assert [(r["shape"], r["backend"]) for r in saved] == [("7x7x768", "reference"),
+                                                           ("7x7x768", "dft")]
