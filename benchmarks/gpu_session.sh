@@ -10,7 +10,7 @@
 #
 #     bash benchmarks/gpu_session.sh OUTDIR            # kernels: benchmark, model comparison, profile
 #     bash benchmarks/gpu_session.sh OUTDIR check      # tests, memcheck, racecheck
-#     bash benchmarks/gpu_session.sh OUTDIR train      # end-to-end training throughput
+#     bash benchmarks/gpu_session.sh OUTDIR train      # training throughput and step profile
 #
 # Each stage fits one 10-minute call on an H100 (measured: build 61 s, benchmark of every
 # backend 210 s, the GPU tests over 5 minutes). The benchmark also checks every backend
@@ -89,8 +89,11 @@ step import 30 python -c "import spectformer_kernels as sk; from spectformer_ker
 TRITON_TESTS=$(ls tests/test_triton*.py 2>/dev/null | tr '\n' ' ')
 
 if [ "$STAGE" = train ]; then
-  step train_throughput 420 python -m benchmarks.train_throughput --device cuda --warmup 5 \
+  step train_throughput 330 python -m benchmarks.train_throughput --device cuda --warmup 5 \
     --steps 20 --out "$OUT" --plot
+  # Why a backend's step is as fast as it is: device busy time, the op's host and device time.
+  step train_profile 120 python -m benchmarks.train_profile --device cuda \
+    --backends reference triton cuda
   echo "total ${SECONDS}s; logs in $OUT" | tee -a "$SUMMARY"
   exit $FAILED
 fi

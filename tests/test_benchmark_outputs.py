@@ -129,3 +129,16 @@ def test_interrupted_run_saves_the_cases_it_finished(tmp_path, monkeypatch):
         saved = list(csv.DictReader(f))
     assert [(r["shape"], r["backend"]) for r in saved] == [("7x7x768", "reference"),
                                                            ("7x7x768", "dft")]
+
+
+def test_train_profile_reports_each_backend_on_cpu():
+    from benchmarks import train_profile
+
+    rows = train_profile.main(["--device", "cpu", "--backends", "reference", "dft",
+                               "--steps", "1", "--warmup", "1", "--batch-size", "2"])
+    assert [r["backend"] for r in rows] == ["reference", "dft"]
+    for r in rows:
+        assert r["wall_us"] > 0 and r["op_host_us"] > 0
+        # The digits model's spectral layers: one forward and one backward op call each.
+        assert r["op_calls"] > 0 and r["op_calls"] % 2 == 0
+        assert r["device_busy_us"] == 0 and r["top_kernels"] == []  # no device on a CPU run
