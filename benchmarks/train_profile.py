@@ -80,7 +80,8 @@ def main(argv=None) -> list[dict]:
                         default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="+", help=f"default: {GPU_MODELS[0]} on GPU, "
                         f"{CPU_MODEL} on CPU")
-    parser.add_argument("--backends", nargs="+", default=["reference", "triton", "cuda"])
+    parser.add_argument("--backends", nargs="+",
+                        help="default: reference triton cuda on GPU, reference dft on CPU")
     parser.add_argument("--batch-size", type=int, help="default 128 on GPU, 8 on CPU")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"),
                         help="default bf16 on GPU, none on CPU")
@@ -92,6 +93,7 @@ def main(argv=None) -> list[dict]:
         parser.error("--device cuda: no CUDA device is available here")
     gpu = args.device == "cuda"
     args.models = args.models or [GPU_MODELS[0] if gpu else CPU_MODEL]
+    args.backends = args.backends or (["reference", "triton", "cuda"] if gpu else ["reference", "dft"])
     args.batch_size = args.batch_size or (128 if gpu else 8)
     args.amp = args.amp or ("bf16" if gpu else "none")
     if args.steps < 1 or args.warmup < 0:
