@@ -41,8 +41,9 @@ bwd) at ``--batch`` (default 128), it
 
 What it does not model: instruction latency chains within a warp (beyond the memory
 latency term), bank conflicts, cache hit rates other than "the filter and matrices stay in
-L2", DVFS, and cuFFT's internal kernels (closed source: one pass, at copy bandwidth, its
-FLOPs on the FP32 bound). Both arms of a branch inside a counted region are counted, except
+L2", DVFS, and cuFFT's internal kernels (closed source: the measured number of passes, at
+copy bandwidth, its FLOPs on the FP32 bound; PyTorch's strided layout copies at their
+measured rate). Both arms of a branch inside a counted region are counted, except
 in the cuFFTDx kernels, whose run-time dtype switch and strided-input loops are left out by
 source line (``_cufftdx_skip``): one kernel serves every dtype there.
 
@@ -108,6 +109,7 @@ class Launch:
     inflight_per_warp: float = 4096.0  # bytes of global loads a warp keeps in flight
     flops: float = 0.0  # FP32 work of closed-source kernels (cuFFT)
     notes: list = field(default_factory=list)
+    hbm_bytes_per_s: Optional[float] = None  # a measured rate for this kind of kernel
 
     def ctas_per_sm(self) -> int:
         warps = math.ceil(self.threads / 32)
@@ -128,9 +130,10 @@ class Launch:
         busiest = math.ceil(self.ctas / sms)  # CTAs on the busiest SM
         resident_warps = min(per_sm, max(1, math.ceil(self.ctas / sms))) * self.threads / 32
         in_flight = sms * resident_warps * self.inflight_per_warp
-        achievable = min(K("hbm_bytes_per_s"), in_flight / K("dram_latency_s"))
+        hbm = self.hbm_bytes_per_s or K("hbm_bytes_per_s")
+        achievable = min(hbm, in_flight / K("dram_latency_s"))
         b = {
-            "hbm": self.dram_bytes / K("hbm_bytes_per_s"),
+            "hbm": self.dram_bytes / hbm,
             "l2": self.l2_bytes / K("l2_bytes_per_s"),
             "latency": self.dram_bytes / achievable if achievable else math.inf,
         }
@@ -428,15 +431,18 @@ def _cufft_launches(cuda: dict, direction: str, dtype: str, batch: int, h: int, 
     strided = n * 32
     params = Launch("set_callback_params", dram_bytes=0, l2_bytes=64)
 
+    # Each pass after the first reads and writes the half spectrum once more (cufft_passes).
+    extra = (int(K("cufft_passes")) - 1) * 2 * nh * 8
+    note = f"cuFFT: closed source, {int(K('cufft_passes'))} passes (measured kernel count)"
+
     def r2c(gate: bool) -> Launch:
         return Launch("cuFFT R2C (load callback" + (", gate store)" if gate else ")"),
-                      ctas=planes, dram_bytes=n * e + nh * 8 + (filt if gate else 0),
-                      l2_bytes=strided + nh * 8 + (nh * 8 if gate else 0), flops=fft_flops,
-                      notes=["cuFFT: closed source, one pass assumed"])
+                      ctas=planes, dram_bytes=n * e + nh * 8 + (filt if gate else 0) + extra,
+                      l2_bytes=strided + nh * 8 + (nh * 8 if gate else 0) + extra,
+                      flops=fft_flops, notes=[note])
 
-    c2r = Launch("cuFFT C2R (store callback)", ctas=planes, dram_bytes=nh * 8 + n * e,
-                 l2_bytes=nh * 8 + strided, flops=fft_flops,
-                 notes=["cuFFT: closed source, one pass assumed"])
+    c2r = Launch("cuFFT C2R (store callback)", ctas=planes, dram_bytes=nh * 8 + n * e + extra,
+                 l2_bytes=nh * 8 + strided + extra, flops=fft_flops, notes=[note])
     if direction == "fwd":
         return [params, r2c(True), params, c2r]
     launches = [params, r2c(False), params, r2c(False)]
@@ -614,10 +620,14 @@ def _reference_launches(direction: str, dtype: str, batch: int, h: int, w: int, 
 
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     launches = []
-    for k in sequence(direction, batch, h, w, c, dt):
+    for k in sequence(direction, batch, h, w, c, dt, cufft_passes=int(K("cufft_passes"))):
         moved = k.read_bytes + k.write_bytes
-        launches.append(Launch(k.name, ctas=max(1, int(moved // 65536)),
-                               dram_bytes=moved, l2_bytes=moved, flops=k.flops))
+        rate = None
+        if k.permute_itemsize:  # measured: strided copies run far below the streaming rate
+            rate = K("permute_copy_8b_bytes_per_s" if k.permute_itemsize >= 8
+                     else "permute_copy_4b_bytes_per_s")
+        launches.append(Launch(k.name, ctas=max(1, int(moved // 65536)), dram_bytes=moved,
+                               l2_bytes=moved, flops=k.flops, hbm_bytes_per_s=rate))
     return launches
 
 

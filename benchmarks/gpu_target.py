@@ -23,10 +23,21 @@ H100_SXM = {
     "clock_hz": Constant(1.83e9, "Hz", "spec-derived: the clock behind NVIDIA's dense BF16 "
                          "figure, 989.4 TFLOPS = 132 SMs x 4096 FLOP/clk x 1.83 GHz (max "
                          "boost 1.98 GHz; sustained clocks under load may be lower)"),
-    "hbm_bytes_per_s": Constant(3.0e12, "B/s", "estimate: device-to-device copy bandwidth "
-                                "of an H100 SXM, about 90% of the nominal HBM3 3.35 TB/s "
-                                "(spec); to be replaced by the copy measured beside each "
-                                "benchmark (docs/design.md, Measuring speed)"),
+    "hbm_bytes_per_s": Constant(2.96e12, "B/s", "measured: device-to-device copy (read + "
+                                "write) on an H100 80GB HBM3, 2966 and 2964 GB/s in two runs "
+                                "(benchmarks/results/spectral_gate_gpu.csv, copy_gbps)"),
+    "permute_copy_4b_bytes_per_s": Constant(0.77e12, "B/s", "measured: PyTorch's strided "
+                                            "copy (direct_copy_kernel, not vectorised) of a "
+                                            "channels-last fp32 tensor to (B*C, H, W): 77 MB "
+                                            "in 99.5 us on an H100 (kernel_profile_gpu.txt); "
+                                            "also used for 2-byte elements (not measured)"),
+    "permute_copy_8b_bytes_per_s": Constant(1.14e12, "B/s", "measured: the same copy of the "
+                                            "complex64 spectrum, two per irfft2: 176 MB in "
+                                            "154.5 us on an H100 (kernel_profile_gpu.txt)"),
+    "cufft_passes": Constant(2, "passes", "measured: cuFFT ran each 2-D transform of a 14x14 "
+                             "grid as two kernels on an H100 (regular_fft for one axis, "
+                             "vector_fft_r2c/c2r for the other; kernel_profile_gpu.txt), each "
+                             "reading and writing the whole tensor"),
     "l2_bytes_per_s": Constant(5.5e12, "B/s", "estimate: L2-to-SM bandwidth from public "
                                "microbenchmarks of H100 (about 5.5 TB/s); uncertain"),
     "l2_bytes": Constant(50 * 2**20, "B", "spec: 50 MB L2"),

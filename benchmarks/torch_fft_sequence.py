@@ -18,10 +18,11 @@ it, following ``aten/src/ATen/native/cuda/SpectralOps.cpp``:
   (casts, clones, elementwise ops, fills, reductions) is one kernel that reads each operand
   and writes its output once.
 
-cuFFT's own kernels are closed source: a 2-D transform of at most 64x64 points is modelled
-as one pass (read the input, write the output once), which is what cuFFT does for sizes
-whose whole transform fits on chip; more passes would only add bytes. Its FLOPs
-(2.5 N log2 N per real transform) go to the FP32 bound.
+cuFFT's own kernels are closed source: a 2-D transform is modelled as ``cufft_passes``
+kernels, each reading and writing the whole tensor (an H100 profile showed two for a 14x14
+grid: one per axis). Its FLOPs (2.5 N log2 N per real transform) go to the FP32 bound.
+Strided layout copies are marked (``permute_itemsize``): the GPU model gives them their
+measured rate.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Kernel:
     write_bytes: float
     flops: float = 0.0
     note: str = ""
+    # Element size of a strided layout copy (PyTorch's non-vectorised direct_copy_kernel,
+    # measured far below the streaming rate); 0 for every other kernel.
+    permute_itemsize: int = 0
 
 
 @dataclass
@@ -112,8 +116,10 @@ def _fft_flops(points: int, planes: int) -> float:
     return 2.5 * points * math.log2(max(points, 2)) * planes
 
 
-def kernels(records: list) -> list:
-    """The CUDA kernels behind a trace, with bytes read and written."""
+def kernels(records: list, cufft_passes: int = 1) -> list:
+    """The CUDA kernels behind a trace, with bytes read and written. cuFFT runs a 2-D
+    transform in ``cufft_passes`` kernels; each pass after the first reads and writes the
+    complex half spectrum once more."""
     out = []
     for r in records:
         if r.op in _VIEWS or r.output is None:
@@ -123,9 +129,11 @@ def kernels(records: list) -> list:
             dims, normalization = r.args[0], r.args[1]
             out_numel = r.output[3]
             if not _batch_dims_collapse(sizes, strides, dims):
-                out.append(Kernel("copy (_exec_fft reshape)", numel * item, numel * item))
+                out.append(Kernel("copy (_exec_fft reshape)", numel * item, numel * item,
+                                  permute_itemsize=item))
             points = math.prod(sizes[d] for d in dims)
-            out.append(Kernel("cuFFT R2C", numel * item, out_numel * 2 * item,
+            extra = (cufft_passes - 1) * out_numel * 2 * item
+            out.append(Kernel("cuFFT R2C", numel * item + extra, out_numel * 2 * item + extra,
                               _fft_flops(points, numel // points)))
             if normalization:
                 out.append(Kernel("mul_ (normalization)", out_numel * 2 * item,
@@ -134,11 +142,14 @@ def kernels(records: list) -> list:
             (sizes, strides, item, numel), = r.inputs  # complex: item is 2 x real
             dims, normalization = r.args[0], r.args[1]
             out_numel = r.output[3]
-            out.append(Kernel("clone (C2R input)", numel * item, numel * item))
+            out.append(Kernel("clone (C2R input)", numel * item, numel * item,
+                              permute_itemsize=item))
             if not _batch_dims_collapse(sizes, _contiguous_strides(sizes), dims):
-                out.append(Kernel("copy (_exec_fft reshape)", numel * item, numel * item))
+                out.append(Kernel("copy (_exec_fft reshape)", numel * item, numel * item,
+                                  permute_itemsize=item))
             points = math.prod(r.output[0][d] for d in dims)
-            out.append(Kernel("cuFFT C2R", numel * item, out_numel * item // 2,
+            extra = (cufft_passes - 1) * numel * item
+            out.append(Kernel("cuFFT C2R", numel * item + extra, out_numel * item // 2 + extra,
                               _fft_flops(points, out_numel // points)))
             if normalization:
                 out.append(Kernel("mul_ (normalization)", out_numel * item // 2,
@@ -153,5 +164,6 @@ def kernels(records: list) -> list:
     return out
 
 
-def sequence(direction: str, batch: int, h: int, w: int, c: int, dtype: torch.dtype) -> list:
-    return kernels(trace(direction, batch, h, w, c, dtype))
+def sequence(direction: str, batch: int, h: int, w: int, c: int, dtype: torch.dtype,
+             cufft_passes: int = 1) -> list:
+    return kernels(trace(direction, batch, h, w, c, dtype), cufft_passes)

@@ -221,6 +221,31 @@ def test_reference_sequence_follows_pytorchs_cuda_fft_path():
     assert bf16[0] == "_to_copy" and bf16[-1] == "_to_copy"  # the casts around fp32 FFTs
 
 
+def test_reference_model_carries_the_measured_calibration():
+    """The layout copies run at their measured rates (by element size) and cuFFT's second
+    pass reads and writes the half spectrum once more (an H100 profile)."""
+    from benchmarks import gpu_model
+    from benchmarks.gpu_target import value
+    from benchmarks.torch_fft_sequence import sequence
+
+    one, two = (sequence("fwd", 4, 14, 14, 8, torch.float32, cufft_passes=p) for p in (1, 2))
+    spectrum = 4 * 14 * 8 * 8 * 8  # complex64 half spectrum
+    r2c1, r2c2 = (next(k for k in seq if k.name == "cuFFT R2C") for seq in (one, two))
+    assert (r2c2.read_bytes - r2c1.read_bytes, r2c2.write_bytes - r2c1.write_bytes) \
+        == (spectrum, spectrum)
+    assert [k.permute_itemsize for k in one if k.permute_itemsize] == [4, 8, 8]
+
+    launches = gpu_model._reference_launches("fwd", "fp32", 128, 14, 14, 384)
+    copies = [lp for lp in launches if "copy" in lp.name or "clone" in lp.name]
+    assert [lp.hbm_bytes_per_s for lp in copies] == [
+        value("permute_copy_4b_bytes_per_s"), value("permute_copy_8b_bytes_per_s"),
+        value("permute_copy_8b_bytes_per_s")]
+    for lp in copies:
+        assert lp.bounds()["hbm"] == pytest.approx(lp.dram_bytes / lp.hbm_bytes_per_s)
+    others = [lp for lp in launches if lp not in copies]
+    assert all(lp.hbm_bytes_per_s is None for lp in others)
+
+
 class _CudaLike:
     """What ``auto_candidates`` looks at, on a CUDA device, without a GPU."""
 
