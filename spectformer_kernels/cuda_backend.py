@@ -71,8 +71,10 @@ def cufft_callback_failure() -> str:
 
 def cuda_path(height: int, width: int) -> str:
     """The implementation the ``cuda`` backend runs for an ``(H, W)`` grid: the cuFFTDx kernel
-    where one is compiled (the static GPU model puts it near the HBM floor, far below
-    cuFFT; to be confirmed by measurement), else cuFFT."""
+    where one is compiled, else cuFFT. Measured on an H100 (device time, batch 128): cuFFTDx
+    took 34 against 286 us at 14x14x384 bf16 forward, 154 against 522 at 28x28x192 and 343
+    against 690 at 56x56x64; only the 56x56x64 fp32 forward+backward was about even (1823
+    against 1730 us)."""
     return "cufftdx" if (height, width) in CUFFTDX_GRIDS else "cufft"
 
 
