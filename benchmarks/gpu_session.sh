@@ -114,8 +114,11 @@ if [ "$STAGE" = kernels ]; then
 fi
 
 if [ "$STAGE" = check ]; then
-  # 3. GPU tests of the CUDA backend and the Triton backend (about 5 minutes and more on an
-  #    H100: every Triton test shape is autotuned and compiled).
+  # 3. First every Triton config the pruner keeps, one by one, on the cases where earlier GPU
+  #    runs failed once (the autotuner's pick varies between runs); then the GPU tests of the
+  #    CUDA and Triton backends (over 5 minutes on an H100: every Triton test shape is
+  #    autotuned and compiled).
+  step every_config 150 python -m pytest -q -rf tests/test_triton.py -k every_kept_config
   step tests 330 python -m pytest -q --maxfail=20 -rs tests/test_cuda_backend.py $TRITON_TESTS \
     --junitxml="$OUT/tests.xml"
 
