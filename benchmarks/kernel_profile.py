@@ -70,11 +70,15 @@ def triton_kernels_report() -> list[str]:
                 except Exception:  # noqa: BLE001 (older Triton: initialised at load)
                     pass
                 meta = compiled.metadata
-                constants = getattr(compiled.src, "constants", {}) if hasattr(compiled, "src") else {}
+                constants = dict(getattr(getattr(compiled, "src", None), "constants", {}) or {})
+                # Triton keys constants by argument index (a tuple); name them.
+                named = {fn.arg_names[k[0]] if isinstance(k, tuple) else k: v
+                         for k, v in constants.items() if isinstance(v, int)}
+                shown = {k: named[k] for k in ("H", "W", "BLOCK_C", "SPLIT", "SCALE") if k in named}
                 lines.append(
                     f"{kernel:8} dense={dense!s:5} warps={meta.num_warps} stages={meta.num_stages} "
                     f"regs={compiled.n_regs} spills={compiled.n_spills} shared={meta.shared} "
-                    f"{dict((k, v) for k, v in dict(constants).items() if isinstance(v, int)) if constants else ''}")
+                    f"{shown}")
         best = getattr(tuned, "best_config", None)
         if best is not None:
             lines.append(f"{kernel:8} dense={dense!s:5} autotuner's last config: {best}")
