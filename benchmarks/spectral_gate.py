@@ -235,7 +235,8 @@ def plot(rows: list[dict], path: Path) -> None:
                 spread[1].append(max(high - speedup, 0.0))
             bars = ax.bar([s + i * width for s in range(len(shapes))], speedups, width, label=backend,
                           yerr=spread, capsize=2, error_kw={"linewidth": 0.7})
-            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+            # No label where the backend has no row (it declined the shape).
+            ax.bar_label(bars, labels=[f"{v:.1f}" if v else "" for v in speedups], fontsize=7)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xticks([s + 0.4 - width / 2 for s in range(len(shapes))], shapes, fontsize=8)
         ax.set_ylabel("speed-up vs reference\n(median and quartiles of paired ratios)")
