@@ -110,6 +110,16 @@ def environment(device) -> dict:
     }
 
 
+def device_time_us(event, self_only: bool = False) -> float:
+    """A ``torch.profiler`` event's device time in microseconds (its own kernels only with
+    ``self_only``), under the attribute names of older and newer torch releases."""
+    name = "self_device_time_total" if self_only else "device_time_total"
+    total = getattr(event, name, None)
+    if total is None:
+        total = getattr(event, name.replace("device", "cuda"))
+    return total
+
+
 def append_csv(rows: list[dict], path: Path, fields: list[str]) -> None:
     """Append rows under ``fields``. A file written before new columns were added is
     rewritten with them (empty in its old rows); one with unknown columns is refused."""

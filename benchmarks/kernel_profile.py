@@ -15,24 +15,15 @@ import time
 
 import torch
 
-import spectformer_kernels as sk
+from benchmarks.common import device_time_us
 from benchmarks.shapes import SHAPES
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from benchmarks.spectral_gate import DTYPES, make_case
 
 
 def profile_case(backend: str, x, weight, grad, mode: str, calls: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    xr, wr = x.detach().requires_grad_(mode != "fwd"), weight.detach().requires_grad_(mode != "fwd")
-
-    def once():
-        if mode == "fwd":
-            with torch.no_grad():
-                return sk.spectral_gate(xr, wr, backend=backend)
-        y = sk.spectral_gate(xr, wr, backend=backend)
-        return torch.autograd.grad(y, (xr, wr), grad)
-
+    once = make_case(backend, x, weight, grad, mode)
     for _ in range(3):  # autotuning, compilation, plan creation
         once()
     torch.cuda.synchronize()
@@ -48,9 +39,7 @@ def profile_case(backend: str, x, weight, grad, mode: str, calls: int) -> dict:
         torch.cuda.synchronize()
     kernels = {}
     for event in prof.key_averages():
-        device_us = getattr(event, "self_device_time_total", None)
-        if device_us is None:
-            device_us = event.self_cuda_time_total
+        device_us = device_time_us(event, self_only=True)
         if device_us > 0:
             kernels[event.key] = device_us / calls
     return {"host_us": host * 1e6, "wall_us": wall * 1e6, "kernels": kernels}

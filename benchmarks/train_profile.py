@@ -18,21 +18,12 @@ import time
 import torch
 
 import spectformer
+from benchmarks.common import device_time_us
 from benchmarks.train_throughput import CPU_MODEL, GPU_MODELS, sync
 from spectformer.augment import smooth_one_hot
 from spectformer.runtime import TrainStep, adamw
 
 SPECTRAL_OPS = ("spectformer::spectral_gate", "spectformer::spectral_gate_backward")
-
-
-def _device_us(event) -> float:
-    total = getattr(event, "device_time_total", None)
-    return event.cuda_time_total if total is None else total
-
-
-def _self_device_us(event) -> float:
-    total = getattr(event, "self_device_time_total", None)
-    return event.self_cuda_time_total if total is None else total
 
 
 def profile_steps(model_name: str, backend: str, args, device: torch.device) -> dict:
@@ -62,14 +53,15 @@ def profile_steps(model_name: str, backend: str, args, device: torch.device) -> 
     events = prof.key_averages()
     ops = [e for e in events if e.key in SPECTRAL_OPS]
     # Only kernel (and memcpy/memset) events carry self device time.
-    kernels = sorted(((e.key, _self_device_us(e)) for e in events if _self_device_us(e) > 0),
+    kernels = sorted(((e.key, device_time_us(e, self_only=True)) for e in events
+                      if device_time_us(e, self_only=True) > 0),
                      key=lambda kv: -kv[1]) if device.type == "cuda" else []
     return {
         "wall_us": wall * 1e6,
         "device_busy_us": sum(us for _, us in kernels) / args.steps,
         "op_calls": sum(e.count for e in ops) / args.steps,
         "op_host_us": sum(e.cpu_time_total for e in ops) / args.steps,
-        "op_device_us": sum(_device_us(e) for e in ops) / args.steps,
+        "op_device_us": sum(device_time_us(e) for e in ops) / args.steps,
         "top_kernels": [(name, us / args.steps) for name, us in kernels[:args.top]],
     }
 
